@@ -1,0 +1,35 @@
+// The message vocabulary of Aloft's actors: atoms and message types.
+//
+// Atoms are verbs ending in `_atom` (at most 10 characters of text each, as
+// CAF 0.17 requires).
+#pragma once
+
+#include <caf/atom.hpp>
+
+namespace aloft {
+
+using launch_atom = caf::atom_constant<caf::atom("launch")>;
+using list_atom = caf::atom_constant<caf::atom("list")>;
+using show_atom = caf::atom_constant<caf::atom("show")>;
+using stop_atom = caf::atom_constant<caf::atom("stop")>;
+using destroy_atom = caf::atom_constant<caf::atom("destroy")>;
+using extend_atom = caf::atom_constant<caf::atom("extend")>;
+using attach_atom = caf::atom_constant<caf::atom("attach")>;
+using activity_atom = caf::atom_constant<caf::atom("activity")>;
+using publish_atom = caf::atom_constant<caf::atom("publish")>;
+using subscribe_atom = caf::atom_constant<caf::atom("subscribe")>;
+using persisted_atom = caf::atom_constant<caf::atom("persisted")>;
+using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
+using tick_atom = caf::atom_constant<caf::atom("tick")>;
+using rehydrate_atom = caf::atom_constant<caf::atom("rehydrate")>;
+using reconcile_atom = caf::atom_constant<caf::atom("reconcile")>;
+using provider_atom = caf::atom_constant<caf::atom("provider")>;
+using output_atom = caf::atom_constant<caf::atom("output")>;
+using exited_atom = caf::atom_constant<caf::atom("exited")>;
+using connected_atom = caf::atom_constant<caf::atom("connected")>;
+using arm_atom = caf::atom_constant<caf::atom("arm")>;
+using finish_atom = caf::atom_constant<caf::atom("finish")>;
+using get_atom = caf::atom_constant<caf::atom("get")>;
+using done_atom = caf::atom_constant<caf::atom("done")>;
+
+} // namespace aloft

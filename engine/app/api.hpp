@@ -1,0 +1,108 @@
+// aloft::engine - the public C++ API of Aloft.
+//
+// One engine per home directory. It owns the actor system, the store, the
+// accounts and their providers. The daemon, the C ABI and the bench harness
+// all drive Aloft through this interface; tests drive it with a fake.
+//
+// Calls are synchronous from the caller's point of view (each is a short
+// request to the registry actor, well under a millisecond) and thread-safe.
+// Subscribers are called on an actor thread: they must not block (copy the
+// event and return).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+
+#include "engine/event.hpp"
+#include "engine/session_record.hpp"
+#include "engine/transport.hpp"
+
+namespace aloft {
+
+struct launch_request {
+  std::string account;   // empty: the default account
+  std::string agent_cmd; // required
+  std::string worktree;  // local path; empty: the current directory
+  int64_t idle_timeout_s = -1; // < 0: the account's guard
+  int64_t hard_timeout_s = -1;
+  int auto_destroy = -1;       // < 0: the account's guard; 0 off; 1 on
+};
+
+/// A session as `show` reports it: the record plus what the watchdog will do.
+struct session_view {
+  session_record record;
+  std::string next_timer; // "idle", "hard", or "" when none is armed
+  int64_t next_timer_at = 0;
+};
+
+/// What `aloft attach` needs to open its own SSH connection.
+struct attach_info {
+  ssh_endpoint endpoint;
+  std::string command; // the remote command that attaches to the agent
+};
+
+class engine {
+public:
+  virtual ~engine() = default;
+
+  virtual std::string installation_id() const = 0;
+
+  /// Creates a session (persisted as pending before this returns) and starts
+  /// it. Errors: invalid_argument (bad request, unknown account).
+  virtual caf::expected<session_record> launch(const launch_request& req) = 0;
+
+  /// Every session the engine knows, newest first.
+  virtual std::vector<session_record> list() = 0;
+
+  /// One session. Errors: not_found.
+  virtual caf::expected<session_view> show(const std::string& id) = 0;
+
+  /// Ends the agent; keeps the VM (idle timeout still applies).
+  virtual caf::error stop(const std::string& id) = 0;
+
+  /// Destroys the VM; returns once the session is stopping.
+  virtual caf::error destroy(const std::string& id) = 0;
+
+  /// Moves the hard deadline `seconds` later. Errors: not_found,
+  /// failed_precondition (session finished), invalid_argument.
+  virtual caf::expected<session_record> extend(const std::string& id,
+                                               int64_t seconds) = 0;
+
+  /// Where and how to attach. Errors: failed_precondition when the VM is not
+  /// running (attaching never starts or revives a VM).
+  virtual caf::expected<attach_info> attach(const std::string& id) = 0;
+
+  /// Reports activity from outside the engine (attach input).
+  virtual void activity(const std::string& id, const std::string& source) = 0;
+
+  /// The local file holding the agent's output delivered so far.
+  virtual caf::expected<std::string> log_path(const std::string& id) = 0;
+
+  /// The last `n` journaled events, oldest first.
+  virtual std::vector<event> events(size_t n) = 0;
+
+  using subscriber = std::function<void(const event&)>;
+  /// Calls `fn` for every event from now on; returns a handle for
+  /// `unsubscribe`.
+  virtual uint64_t subscribe(subscriber fn) = 0;
+  virtual void unsubscribe(uint64_t handle) = 0;
+};
+
+struct engine_options {
+  std::string home; // empty: $ALOFT_HOME or the XDG directories
+  size_t scheduler_threads = 0; // 0: the number of cores
+  size_t worker_threads = 4;    // bounded pool for blocking calls
+};
+
+/// Opens the engine: the store, the accounts, rehydration of every live
+/// session. Errors: the store cannot be opened (another daemon holds it),
+/// the home cannot be created.
+caf::expected<std::unique_ptr<engine>> open_engine(const engine_options& opts);
+
+} // namespace aloft
