@@ -17,6 +17,8 @@ json to_json(const event& e) {
     j.set("message", e.message);
   if (!e.data.empty())
     j.set("data", e.data);
+  if (e.kind == "output")
+    j.set("offset", static_cast<long long>(e.offset));
   return j;
 }
 
@@ -29,6 +31,7 @@ event event_from_json(const json& j) {
   e.state = j.get_string("state");
   e.message = j.get_string("message");
   e.data = j.get_string("data");
+  e.offset = static_cast<uint64_t>(j.get_int("offset"));
   return e;
 }
 

@@ -33,6 +33,7 @@ struct event {
   std::string state;
   std::string message;
   std::string data;
+  uint64_t offset = 0; // output events: where `data` starts in the agent's log
 };
 
 json to_json(const event& e);
