@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "engine/session_record.hpp"
-#include "providers/provider.hpp"
+#include "engine/vm.hpp"
 
 namespace aloft {
 
