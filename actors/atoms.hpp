@@ -31,5 +31,12 @@ using arm_atom = caf::atom_constant<caf::atom("arm")>;
 using finish_atom = caf::atom_constant<caf::atom("finish")>;
 using get_atom = caf::atom_constant<caf::atom("get")>;
 using done_atom = caf::atom_constant<caf::atom("done")>;
+using create_atom = caf::atom_constant<caf::atom("create")>;
+using ready_atom = caf::atom_constant<caf::atom("ready")>;
+using probe_atom = caf::atom_constant<caf::atom("probe")>;
+using warn_atom = caf::atom_constant<caf::atom("warn")>;
+using unsub_atom = caf::atom_constant<caf::atom("unsub")>;
+using events_atom = caf::atom_constant<caf::atom("events")>;
+using lookup_atom = caf::atom_constant<caf::atom("lookup")>;
 
 } // namespace aloft

@@ -37,6 +37,10 @@ bool is_terminal(session_state s) {
 
 bool is_allowed_transition(session_state from, session_state to) {
   using st = session_state;
+  // A lost session may still own what is left of its VM: only an explicit
+  // destroy moves it on.
+  if (from == st::lost)
+    return to == st::stopping;
   if (is_terminal(from))
     return false;
   if (to == st::failed || to == st::stopping)

@@ -1,0 +1,206 @@
+#include "actors/account.hpp"
+
+#include <deque>
+#include <random>
+
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/response_promise.hpp>
+#include <caf/send.hpp>
+
+#include "actors/atoms.hpp"
+#include "actors/messages.hpp"
+#include "engine/base/error.hpp"
+#include "engine/reconcile.hpp"
+#include "providers/provider.hpp"
+
+namespace aloft {
+
+namespace {
+
+class account_actor : public caf::event_based_actor {
+public:
+  account_actor(caf::actor_config& cfg, account acct, std::shared_ptr<provider> client,
+                account_env env)
+    : caf::event_based_actor(cfg),
+      acct_(std::move(acct)),
+      client_(std::move(client)),
+      env_(std::move(env)) {
+    // nop
+  }
+
+  caf::behavior make_behavior() override {
+    return {
+      [=](actor_task& t) { t.fn(); },
+      [=](create_atom, const vm_request& req) {
+        return call<vm_info>("create VM for " + req.session_id,
+                             [req](provider& p, provider::callback<vm_info> cb) {
+                               p.create(req, std::move(cb));
+                             });
+      },
+      [=](ready_atom, const std::string& vm_id) {
+        return call<vm_info>("wait for VM " + vm_id,
+                             [vm_id](provider& p, provider::callback<vm_info> cb) {
+                               p.wait_ready(vm_id, std::move(cb));
+                             });
+      },
+      [=](get_atom, const std::string& vm_id) {
+        return call<vm_info>("get VM " + vm_id,
+                             [vm_id](provider& p, provider::callback<vm_info> cb) {
+                               p.get(vm_id, std::move(cb));
+                             });
+      },
+      [=](list_atom) {
+        auto inst = env_.installation_id;
+        return call<vm_infos>("list VMs",
+                              [inst](provider& p, provider::callback<vm_infos> cb) {
+                                p.list(inst, std::move(cb));
+                              });
+      },
+      [=](destroy_atom, const std::string& vm_id) {
+        return call<done_atom>("destroy VM " + vm_id,
+                               [vm_id](provider& p, provider::callback<done_atom> cb) {
+                                 p.destroy(vm_id, [cb](caf::error err) {
+                                   if (err)
+                                     cb(std::move(err));
+                                   else
+                                     cb(done_atom::value);
+                                 });
+                               });
+      },
+      [=](reconcile_atom, const session_records& sessions) -> caf::result<done_atom> {
+        auto rp = make_response_promise();
+        this->request(caf::actor_cast<caf::actor>(this), caf::infinite, list_atom::value)
+          .then(
+            [=](const vm_infos& observed) mutable {
+              apply(plan_reconcile(env_.installation_id, sessions, observed));
+              rp.deliver(done_atom::value);
+            },
+            [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+        return rp;
+      },
+    };
+  }
+
+private:
+  using starter = std::function<void(provider&, std::function<void(caf::expected<caf::message>)>)>;
+
+  struct pending_call {
+    std::string what;
+    starter start;
+    caf::response_promise rp;
+    int attempt = 1;
+  };
+
+  // Starts (or queues) a provider call whose result is delivered to the
+  // current request's sender, retrying retryable failures.
+  template <class T, class Start>
+  caf::result<T> call(std::string what, Start start) {
+    auto rp = make_response_promise();
+    pending_call pc;
+    pc.what = std::move(what);
+    pc.start = [start](provider& p, std::function<void(caf::expected<caf::message>)> done) {
+      start(p, [done](caf::expected<T> r) {
+        if (r)
+          done(caf::make_message(std::move(*r)));
+        else
+          done(std::move(r.error()));
+      });
+    };
+    pc.rp = rp;
+    enqueue(std::move(pc));
+    return caf::delegated<T>{};
+  }
+
+  void enqueue(pending_call pc) {
+    if (in_flight_ >= env_.max_in_flight) {
+      queue_.push_back(std::move(pc));
+      return;
+    }
+    start_call(std::move(pc));
+  }
+
+  void start_call(pending_call pc) {
+    ++in_flight_;
+    auto self_handle = caf::actor_cast<caf::actor>(this);
+    auto shared = std::make_shared<pending_call>(std::move(pc));
+    shared->start(*client_, [self_handle, shared, this](caf::expected<caf::message> r) {
+      caf::anon_send(self_handle, actor_task{[this, shared, r = std::move(r)]() mutable {
+        finished(*shared, std::move(r));
+      }});
+    });
+  }
+
+  void finished(pending_call& pc, caf::expected<caf::message> r) {
+    --in_flight_;
+    if (r) {
+      pc.rp.deliver(std::move(*r));
+    } else {
+      auto err = annotate(r.error(), acct_.name + ": " + pc.what);
+      auto d = decide_retry(err, pc.attempt, env_.retry, jitter_(rng_));
+      if (d.retry) {
+        auto next = std::make_shared<pending_call>(std::move(pc));
+        ++next->attempt;
+        delayed_send(this, std::chrono::milliseconds{d.delay_ms},
+                     actor_task{[this, next] { enqueue(std::move(*next)); }});
+      } else {
+        pc.rp.deliver(std::move(err));
+      }
+    }
+    while (!queue_.empty() && in_flight_ < env_.max_in_flight) {
+      auto next = std::move(queue_.front());
+      queue_.pop_front();
+      start_call(std::move(next));
+    }
+  }
+
+  void apply(const reconcile_plan& plan) {
+    for (size_t i = 0; i < plan.destroy.size(); ++i) {
+      auto vm = plan.destroy[i];
+      auto reason = plan.reasons[i];
+      publish("reconcile", vm.session_id,
+              "destroying VM " + vm.vm_id + " of account " + acct_.name + ": " + reason);
+      this->request(caf::actor_cast<caf::actor>(this), caf::infinite, destroy_atom::value,
+                    vm.vm_id)
+        .then(
+          [=](done_atom) {
+            publish("reconcile", vm.session_id, "destroyed unowned VM " + vm.vm_id);
+          },
+          [=](caf::error& err) {
+            publish("error", vm.session_id,
+                    "could not destroy unowned VM " + vm.vm_id + ": " + describe(err));
+          });
+    }
+    for (auto& a : plan.adopt)
+      publish("reconcile", a.session_id,
+              "VM " + a.vm.vm_id + " belongs to session " + a.session_id + ": adopting it");
+  }
+
+  void publish(const std::string& kind, const std::string& session,
+               const std::string& message) {
+    if (!env_.registry)
+      return;
+    event e;
+    e.kind = kind;
+    e.session = session;
+    e.message = message;
+    send(env_.registry, publish_atom::value, std::move(e));
+  }
+
+  account acct_;
+  std::shared_ptr<provider> client_;
+  account_env env_;
+  size_t in_flight_ = 0;
+  std::deque<pending_call> queue_;
+  std::mt19937 rng_{std::random_device{}()};
+  std::uniform_real_distribution<double> jitter_{0.0, 1.0};
+};
+
+} // namespace
+
+caf::actor spawn_account(caf::actor_system& sys, account acct,
+                         std::shared_ptr<provider> client, account_env env) {
+  return sys.spawn<account_actor>(std::move(acct), std::move(client), std::move(env));
+}
+
+} // namespace aloft

@@ -1,0 +1,831 @@
+#include "actors/session.hpp"
+
+#include <chrono>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/response_promise.hpp>
+#include <caf/send.hpp>
+
+#include "actors/atoms.hpp"
+#include "actors/messages.hpp"
+#include "actors/watchdog.hpp"
+#include "engine/agent_script.hpp"
+#include "engine/base/error.hpp"
+#include "engine/clock.hpp"
+#include "engine/executor.hpp"
+#include "engine/keys.hpp"
+#include "engine/transport.hpp"
+#include "engine/watchdog_policy.hpp"
+#include "persistence/store.hpp"
+
+namespace aloft {
+
+namespace {
+
+using std::chrono::milliseconds;
+
+class session_actor : public caf::event_based_actor {
+public:
+  session_actor(caf::actor_config& cfg, session_record rec, caf::actor account,
+                std::shared_ptr<const session_env> env)
+    : caf::event_based_actor(cfg),
+      rec_(std::move(rec)),
+      account_(std::move(account)),
+      env_(std::move(env)) {
+    // nop
+  }
+
+  void on_exit() override {
+    close_log();
+    drop_transport();
+  }
+
+  caf::behavior make_behavior() override {
+    watchdog_ = spawn_watchdog(system(), caf::actor_cast<caf::actor>(this), env_->clock);
+    link_to(watchdog_);
+    return {
+      [=](actor_task& t) { t.fn(); },
+      [=](launch_atom) -> caf::result<session_record> {
+        auto rp = make_response_promise();
+        persist([=]() mutable {
+          rp.deliver(rec_);
+          publish_state("session created");
+          provision();
+        });
+        return rp;
+      },
+      [=](rehydrate_atom) { rehydrate(); },
+      [=](get_atom) { return rec_; },
+      [=](stop_atom) -> caf::result<done_atom> { return stop_agent(); },
+      [=](destroy_atom) -> caf::result<done_atom> {
+        if (rec_.state == session_state::stopping)
+          return done_atom::value;
+        if (is_terminal(rec_.state) && rec_.state != session_state::lost)
+          return make_error(errc::failed_precondition,
+                            "session " + rec_.id + " is already " + to_string(rec_.state));
+        auto rp = make_response_promise();
+        finish("destroyed on request", session_state::destroyed,
+               [rp]() mutable { rp.deliver(done_atom::value); });
+        return rp;
+      },
+      [=](extend_atom, int64_t seconds) -> caf::result<session_record> {
+        return extend(seconds);
+      },
+      [=](activity_atom, const std::string& source) { activity(source); },
+      [=](timeout_atom, watchdog_action action) { on_watchdog(action); },
+    };
+  }
+
+private:
+  // -- persistence and events ----------------------------------------------
+
+  // Writes the record durably, then runs `then` inside the actor. A failed
+  // write is retried: nothing is acted on before it is durable.
+  void persist(std::function<void()> then) {
+    write_batch batch;
+    batch.push_back({family::sessions, rec_.id, encode_session_record(rec_)});
+    persisted_idle_deadline_ = rec_.idle_deadline;
+    auto self_handle = caf::actor_cast<caf::actor>(this);
+    env_->db->commit(std::move(batch), [this, self_handle, then](caf::error err) {
+      caf::anon_send(self_handle, actor_task{[this, err, then] {
+        if (err) {
+          publish("error", "cannot persist session: " + describe(err) + "; retrying");
+          delayed_send(this, milliseconds{env_->retry_delay_ms},
+                       actor_task{[this, then] { persist(then); }});
+          return;
+        }
+        if (then)
+          then();
+      }});
+    });
+  }
+
+  void transition(session_state to, const std::string& reason, std::function<void()> then) {
+    if (!is_allowed_transition(rec_.state, to)) {
+      publish("error", std::string{"refused transition "} + to_string(rec_.state) + " -> "
+                         + to_string(to));
+      return;
+    }
+    rec_.state = to;
+    if (!reason.empty())
+      rec_.reason = reason;
+    ++rec_.transitions;
+    persist([=] {
+      publish_state(reason);
+      if (then)
+        then();
+    });
+  }
+
+  void publish_state(const std::string& message) {
+    event e;
+    e.kind = "state";
+    e.state = to_string(rec_.state);
+    e.message = message;
+    send(env_->registry, publish_atom::value, rec_, std::move(e));
+  }
+
+  void publish(const std::string& kind, const std::string& message, std::string data = {},
+               uint64_t offset = 0) {
+    event e;
+    e.kind = kind;
+    e.state = to_string(rec_.state);
+    e.message = message;
+    e.data = std::move(data);
+    e.offset = offset;
+    send(env_->registry, publish_atom::value, rec_, std::move(e));
+  }
+
+  // -- provisioning ---------------------------------------------------------
+
+  void provision() {
+    ensure_keys([=] {
+      transition(session_state::provisioning, "creating VM", [=] { create_vm(); });
+    });
+  }
+
+  void ensure_keys(std::function<void()> then) {
+    if (!env_->ssh_keys || !keys_.client_key_path.empty()) {
+      then();
+      return;
+    }
+    auto dir = env_->home.keys_dir(rec_.id);
+    auto self_handle = caf::actor_cast<caf::actor>(this);
+    env_->blocking->post([this, self_handle, dir, then] {
+      auto keys = make_session_keys(dir);
+      caf::anon_send(self_handle, actor_task{[this, keys, then] {
+        if (!keys) {
+          fail("cannot make SSH keys: " + describe(keys.error()));
+          return;
+        }
+        keys_ = *keys;
+        then();
+      }});
+    });
+  }
+
+  vm_request make_vm_request() const {
+    vm_request req;
+    req.installation_id = env_->installation_id;
+    req.session_id = rec_.id;
+    req.idempotency_key = rec_.idempotency_key;
+    req.client_public_key = keys_.client_public_key;
+    req.host_private_key = keys_.host_private_key;
+    req.host_public_key = keys_.host_public_key;
+    req.hard_deadline_ms = rec_.hard_deadline;
+    return req;
+  }
+
+  void create_vm() {
+    create_in_flight_ = true;
+    request(account_, caf::infinite, create_atom::value, make_vm_request())
+      .then(
+        [=](const vm_info& vm) {
+          create_in_flight_ = false;
+          if (finishing_) {
+            adopt_fields(vm);
+            destroy_vm();
+            return;
+          }
+          adopt(vm);
+        },
+        [=](caf::error& err) {
+          create_in_flight_ = false;
+          // The outcome of a timed-out create is unknown: look before
+          // deciding, so the session never gets two VMs.
+          if (code_of(err) == errc::deadline_exceeded || code_of(err) == errc::unavailable) {
+            find_by_key([=](const vm_info* vm) {
+              if (vm)
+                adopt(*vm);
+              else
+                fail("create VM: " + describe(err));
+            });
+            return;
+          }
+          if (finishing_) {
+            destroy_vm();
+            return;
+          }
+          fail("create VM: " + describe(err));
+        });
+  }
+
+  // Looks for a VM carrying this session's idempotency key.
+  void find_by_key(std::function<void(const vm_info*)> then) {
+    request(account_, caf::infinite, list_atom::value)
+      .then(
+        [=](const vm_infos& vms) {
+          for (auto& vm : vms)
+            if (vm.idempotency_key == rec_.idempotency_key && vm.session_id == rec_.id) {
+              then(&vm);
+              return;
+            }
+          then(nullptr);
+        },
+        [=](caf::error& err) {
+          publish("error", "cannot list VMs: " + describe(err) + "; retrying");
+          delayed_send(this, milliseconds{env_->retry_delay_ms},
+                       actor_task{[=] { find_by_key(then); }});
+        });
+  }
+
+  void adopt_fields(const vm_info& vm) {
+    rec_.vm_id = vm.vm_id;
+    rec_.host = vm.host;
+    rec_.port = vm.port;
+    rec_.user = vm.user;
+    rec_.workdir = vm.workdir;
+  }
+
+  void adopt(const vm_info& vm) {
+    adopt_fields(vm);
+    transition(session_state::booting, "VM " + vm.vm_id + " created", [=] { boot(); });
+  }
+
+  void boot() {
+    request(account_, caf::infinite, ready_atom::value, rec_.vm_id)
+      .then(
+        [=](const vm_info& vm) {
+          if (!vm.host.empty()) {
+            rec_.host = vm.host;
+            rec_.port = vm.port;
+          }
+          connect_and_launch();
+        },
+        [=](caf::error& err) { fail("VM did not become reachable: " + describe(err)); });
+  }
+
+  // -- the agent --------------------------------------------------------------
+
+  void connect_and_launch() {
+    if (env_->transports == nullptr) {
+      // No agent to run (bench fakes): the VM being up is the whole job.
+      if (rec_.state == session_state::booting)
+        enter_running();
+      return;
+    }
+    ensure_keys([=] {
+      ssh_endpoint ep;
+      ep.host = rec_.host;
+      ep.port = rec_.port;
+      ep.user = rec_.user;
+      ep.client_key_path = keys_.client_key_path;
+      ep.host_public_key = keys_.host_public_key;
+      auto self_handle = caf::actor_cast<caf::actor>(this);
+      auto gen = ++transport_gen_;
+      env_->transports->connect(ep, [this, self_handle, gen](caf::expected<std::shared_ptr<transport>> t) {
+        caf::anon_send(self_handle, actor_task{[this, gen, t]() mutable {
+          if (gen != transport_gen_)
+            return;
+          if (!t) {
+            on_connection_lost("connect: " + describe(t.error()));
+            return;
+          }
+          transport_ = std::move(*t);
+          launch_agent();
+        }});
+      });
+    });
+  }
+
+  void launch_agent() {
+    auto self_handle = caf::actor_cast<caf::actor>(this);
+    auto gen = transport_gen_;
+    auto out = std::make_shared<std::string>();
+    exec_callbacks cb;
+    cb.on_stdout = [out](std::string_view s) { out->append(s); };
+    cb.on_stderr = [out](std::string_view s) { out->append(s); };
+    cb.on_exit = [this, self_handle, gen, out](const caf::error& err, int code) {
+      caf::anon_send(self_handle, actor_task{[this, gen, out, err, code] {
+        if (gen != transport_gen_)
+          return;
+        if (err) {
+          on_connection_lost("launch agent: " + describe(err));
+          return;
+        }
+        if (code != 0) {
+          fail("agent launch failed with exit code " + std::to_string(code) + ": "
+               + out->substr(0, 512));
+          return;
+        }
+        if (rec_.state == session_state::booting)
+          enter_running();
+        else
+          watch_agent();
+      }});
+    };
+    auto ch = transport_->exec(agent_launch_command(rec_.workdir), std::move(cb));
+    ch->write(rec_.agent_cmd + "\n");
+    ch->close_stdin();
+  }
+
+  void enter_running() {
+    auto now = env_->clock->now_ms();
+    rec_.idle_deadline = push_idle_deadline(0, now, rec_.idle_timeout_ms);
+    rec_.last_activity = "start";
+    rec_.last_activity_at = now;
+    if (env_->transports != nullptr)
+      rec_.agent_status = agent_status::running;
+    transition(session_state::running, "agent started", [=] {
+      publish("agent", "agent started: " + rec_.agent_cmd);
+      watch_agent();
+    });
+  }
+
+  void watch_agent() {
+    arm_watchdog();
+    if (!transport_ || agent_done())
+      return;
+    open_log();
+    start_tail();
+    start_status();
+  }
+
+  bool agent_done() const {
+    return rec_.agent_status == agent_status::exited
+           || rec_.agent_status == agent_status::failed
+           || rec_.agent_status == agent_status::stopped;
+  }
+
+  void start_tail() {
+    auto self_handle = caf::actor_cast<caf::actor>(this);
+    auto gen = transport_gen_;
+    exec_callbacks cb;
+    cb.on_stdout = [this, self_handle, gen](std::string_view s) {
+      caf::anon_send(self_handle, actor_task{[this, gen, chunk = std::string{s}] {
+        if (gen == transport_gen_)
+          on_output(chunk);
+      }});
+    };
+    cb.on_stderr = [](std::string_view) {};
+    cb.on_exit = [this, self_handle, gen](const caf::error& err, int) {
+      caf::anon_send(self_handle, actor_task{[this, gen, err] {
+        if (gen != transport_gen_)
+          return;
+        tail_.reset();
+        if (err && code_of(err) != errc::cancelled)
+          on_connection_lost("log stream: " + describe(err));
+      }});
+    };
+    tail_ = transport_->exec(agent_tail_command(rec_.workdir, rec_.log_offset), std::move(cb));
+  }
+
+  void start_status() {
+    auto self_handle = caf::actor_cast<caf::actor>(this);
+    auto gen = transport_gen_;
+    auto buf = std::make_shared<std::string>();
+    exec_callbacks cb;
+    cb.on_stdout = [this, self_handle, gen, buf](std::string_view s) {
+      buf->append(s);
+      size_t pos;
+      while ((pos = buf->find('\n')) != std::string::npos) {
+        auto line = buf->substr(0, pos);
+        buf->erase(0, pos + 1);
+        caf::anon_send(self_handle, actor_task{[this, gen, line] {
+          if (gen == transport_gen_)
+            on_probe(line);
+        }});
+      }
+      if (buf->size() > 4096) // a status line is short: anything else is noise
+        buf->clear();
+    };
+    cb.on_stderr = [](std::string_view) {};
+    cb.on_exit = [this, self_handle, gen](const caf::error& err, int) {
+      caf::anon_send(self_handle, actor_task{[this, gen, err] {
+        if (gen != transport_gen_)
+          return;
+        status_.reset();
+        if (err && code_of(err) != errc::cancelled)
+          on_connection_lost("status stream: " + describe(err));
+      }});
+    };
+    status_ = transport_->exec(agent_status_command(rec_.workdir, env_->status_interval_s),
+                               std::move(cb));
+  }
+
+  void on_output(const std::string& chunk) {
+    auto offset = rec_.log_offset;
+    if (log_fd_ >= 0) {
+      // Local log first: its size is the truth about what was delivered.
+      size_t done = 0;
+      while (done < chunk.size()) {
+        auto n = ::write(log_fd_, chunk.data() + done, chunk.size() - done);
+        if (n <= 0)
+          break;
+        done += static_cast<size_t>(n);
+      }
+    }
+    rec_.log_offset += chunk.size();
+    publish("output", {}, chunk, offset);
+    activity("output");
+    maybe_finish_tail();
+  }
+
+  void on_probe(const std::string& line) {
+    auto p = parse_agent_probe(line);
+    if (!p)
+      return;
+    if (p->terminal_activity > last_terminal_activity_) {
+      if (last_terminal_activity_ != 0)
+        activity("terminal");
+      last_terminal_activity_ = p->terminal_activity;
+    }
+    if (have_cpu_ && p->cpu_ticks >= last_cpu_ticks_ + env_->cpu_activity_ticks)
+      activity("cpu");
+    last_cpu_ticks_ = p->cpu_ticks;
+    have_cpu_ = true;
+    if (p->exit_code && !agent_done()) {
+      final_log_size_ = p->log_size;
+      rec_.exit_code = *p->exit_code;
+      if (rec_.agent_status != agent_status::stopped)
+        rec_.agent_status = *p->exit_code == 0 ? agent_status::exited : agent_status::failed;
+      persist([=] {
+        publish("agent", "agent exited with code " + std::to_string(rec_.exit_code));
+      });
+      maybe_finish_tail();
+    }
+  }
+
+  // Once the agent is done and its whole log has arrived, the tail is over.
+  void maybe_finish_tail() {
+    if (agent_done() && final_log_size_ >= 0
+        && rec_.log_offset >= static_cast<uint64_t>(final_log_size_) && tail_) {
+      tail_->cancel();
+      tail_.reset();
+      persist(nullptr); // the final log offset
+    }
+  }
+
+  caf::result<done_atom> stop_agent() {
+    if (rec_.state != session_state::running || !transport_)
+      return make_error(errc::failed_precondition,
+                        "session " + rec_.id + " has no running agent (state "
+                          + to_string(rec_.state) + ")");
+    if (agent_done())
+      return done_atom::value;
+    auto rp = make_response_promise();
+    auto self_handle = caf::actor_cast<caf::actor>(this);
+    exec_callbacks cb;
+    cb.on_stdout = [](std::string_view) {};
+    cb.on_stderr = [](std::string_view) {};
+    cb.on_exit = [this, self_handle, rp](const caf::error& err, int code) mutable {
+      caf::anon_send(self_handle, actor_task{[this, rp, err, code]() mutable {
+        if (err || code != 0) {
+          rp.deliver(make_error(errc::unavailable, "could not stop the agent: "
+                                                     + (err ? describe(err) : "exit code "
+                                                        + std::to_string(code))));
+          return;
+        }
+        rec_.agent_status = agent_status::stopped;
+        persist([=]() mutable {
+          publish("agent", "agent stopped on request");
+          rp.deliver(done_atom::value);
+        });
+      }});
+    };
+    transport_->exec(agent_stop_command(rec_.workdir), std::move(cb));
+    return rp;
+  }
+
+  // A transport failed: ask the provider what became of the VM before doing
+  // anything. Only a VM the provider reports running is reconnected to.
+  void on_connection_lost(const std::string& why) {
+    if (finishing_ || is_terminal(rec_.state) || checking_vm_)
+      return;
+    drop_transport();
+    checking_vm_ = true;
+    request(account_, caf::infinite, get_atom::value, rec_.vm_id)
+      .then(
+        [=](const vm_info& vm) {
+          checking_vm_ = false;
+          if (finishing_ || is_terminal(rec_.state))
+            return;
+          if (vm.status == vm_status::running || vm.status == vm_status::starting) {
+            publish("error", why + "; reconnecting");
+            delayed_send(this, milliseconds{env_->retry_delay_ms},
+                         actor_task{[=] { connect_and_launch(); }});
+            return;
+          }
+          mark_lost(vm.status, why);
+        },
+        [=](caf::error& err) {
+          checking_vm_ = false;
+          publish("error", why + "; cannot ask the provider: " + describe(err));
+          delayed_send(this, milliseconds{env_->retry_delay_ms},
+                       actor_task{[=] { on_connection_lost(why); }});
+        });
+  }
+
+  void mark_lost(vm_status status, const std::string& detail) {
+    watchdog_disarm();
+    transition(session_state::lost,
+               "VM " + rec_.vm_id + " is " + to_string(status)
+                 + (detail.empty() ? "" : " (" + detail + ")")
+                 + "; the session keeps its last synced state; `aloft destroy "
+                 + rec_.id + "` removes what is left",
+               [=] { quit(); });
+  }
+
+  // -- watchdog ---------------------------------------------------------------
+
+  void arm_watchdog() {
+    if (rec_.state != session_state::running)
+      return;
+    watchdog_input in;
+    in.idle_deadline = rec_.idle_deadline;
+    in.hard_deadline = rec_.hard_deadline;
+    in.hard_warning_ms = env_->hard_warning_ms;
+    in.auto_destroy = rec_.auto_destroy;
+    in.hard_warned = rec_.hard_warned;
+    in.idle_reported = idle_reported_;
+    send(watchdog_, arm_atom::value, in);
+  }
+
+  void watchdog_disarm() {
+    watchdog_input in; // no deadlines: nothing armed
+    send(watchdog_, arm_atom::value, in);
+  }
+
+  void activity(const std::string& source) {
+    if (rec_.state != session_state::running)
+      return;
+    auto now = env_->clock->now_ms();
+    rec_.idle_deadline = push_idle_deadline(rec_.idle_deadline, now, rec_.idle_timeout_ms);
+    rec_.last_activity = source;
+    rec_.last_activity_at = now;
+    idle_reported_ = false;
+    arm_watchdog();
+    // Persisting every push would cost an fsync per output chunk: persist
+    // when the deadline moved by a twentieth of the timeout (at least 1 s).
+    // After a crash the idle timer may then fire that much early, never late.
+    auto slack = std::max<int64_t>(1000, rec_.idle_timeout_ms / 20);
+    if (rec_.idle_deadline - persisted_idle_deadline_ >= slack) {
+      persist(nullptr);
+      publish("activity", "idle deadline pushed by " + source);
+    }
+  }
+
+  void on_watchdog(watchdog_action action) {
+    if (rec_.state != session_state::running)
+      return;
+    switch (action) {
+      case watchdog_action::warn_hard: {
+        rec_.hard_warned = true;
+        auto left_s = (rec_.hard_deadline - env_->clock->now_ms()) / 1000;
+        persist([=] {
+          publish("warning", "hard deadline in " + std::to_string(left_s)
+                               + " s; `aloft extend " + rec_.id
+                               + " DURATION` moves it");
+        });
+        break;
+      }
+      case watchdog_action::report_idle:
+        idle_reported_ = true;
+        publish("warning", "idle since the last activity (" + rec_.last_activity
+                             + "); auto-destroy is off, so the VM keeps running");
+        break;
+      case watchdog_action::finish_idle:
+        finish("idle timeout: no activity for "
+                 + std::to_string(rec_.idle_timeout_ms / 1000) + " s (last: "
+                 + rec_.last_activity + ")",
+               session_state::destroyed, nullptr);
+        break;
+      case watchdog_action::finish_hard:
+        finish("hard timeout reached", session_state::destroyed, nullptr);
+        break;
+      case watchdog_action::none:
+        break;
+    }
+  }
+
+  caf::result<session_record> extend(int64_t seconds) {
+    if (seconds <= 0 || seconds > 30L * 24 * 3600)
+      return make_error(errc::invalid_argument,
+                        "extend takes a positive duration of at most 30 days");
+    if (is_terminal(rec_.state) || rec_.state == session_state::stopping)
+      return make_error(errc::failed_precondition,
+                        "session " + rec_.id + " is " + to_string(rec_.state)
+                          + "; only a live session can be extended");
+    auto rp = make_response_promise();
+    auto base = std::max(rec_.hard_deadline, env_->clock->now_ms());
+    rec_.hard_deadline = base + seconds * 1000;
+    rec_.hard_warned = false;
+    persist([=]() mutable {
+      arm_watchdog();
+      publish("activity", "hard deadline extended by " + std::to_string(seconds) + " s");
+      rp.deliver(rec_);
+    });
+    return rp;
+  }
+
+  // -- finishing --------------------------------------------------------------
+
+  void finish(const std::string& reason, session_state final_state,
+              std::function<void()> on_stopping) {
+    if (finishing_) {
+      if (on_stopping)
+        on_stopping();
+      return;
+    }
+    finishing_ = true;
+    final_state_ = final_state;
+    watchdog_disarm();
+    if (rec_.state == session_state::pending) {
+      // Nothing was asked of the provider yet.
+      transition(final_state == session_state::failed ? session_state::failed
+                                                      : session_state::stopping,
+                 reason, [=] {
+                   if (on_stopping)
+                     on_stopping();
+                   if (rec_.state == session_state::stopping)
+                     transition(session_state::destroyed, reason, [=] { quit(); });
+                   else
+                     quit();
+                 });
+      return;
+    }
+    transition(session_state::stopping, reason, [=] {
+      if (on_stopping)
+        on_stopping();
+      drop_transport();
+      if (!create_in_flight_)
+        destroy_vm();
+      // else: create_vm's reply destroys what it created
+    });
+  }
+
+  void destroy_vm() {
+    if (rec_.vm_id.empty()) {
+      // A crash may have hidden a create: look by key before concluding that
+      // there is nothing to destroy.
+      find_by_key([=](const vm_info* vm) {
+        if (vm) {
+          adopt_fields(*vm);
+          destroy_vm();
+        } else {
+          finished();
+        }
+      });
+      return;
+    }
+    request(account_, caf::infinite, destroy_atom::value, rec_.vm_id)
+      .then([=](done_atom) { finished(); },
+            [=](caf::error& err) {
+              publish("error", "destroy VM " + rec_.vm_id + ": " + describe(err)
+                                 + "; retrying");
+              delayed_send(this, milliseconds{env_->retry_delay_ms},
+                           actor_task{[=] { destroy_vm(); }});
+            });
+  }
+
+  void finished() {
+    transition(final_state_, rec_.reason, [=] { quit(); });
+  }
+
+  void fail(const std::string& reason) {
+    publish("error", reason);
+    // The prefix tells a restarted engine which final state a stopping
+    // session is headed for.
+    finish("failed: " + reason, session_state::failed, nullptr);
+  }
+
+  // -- rehydration ------------------------------------------------------------
+
+  void rehydrate() {
+    auto now = env_->clock->now_ms();
+    rec_.log_offset = local_log_size(rec_.log_offset);
+    switch (rec_.state) {
+      case session_state::pending:
+        provision();
+        return;
+      case session_state::provisioning:
+        ensure_keys([=] {
+          if (!rec_.vm_id.empty()) {
+            check_and_resume();
+            return;
+          }
+          find_by_key([=](const vm_info* vm) {
+            if (vm)
+              adopt(*vm);
+            else
+              create_vm();
+          });
+        });
+        return;
+      case session_state::booting:
+      case session_state::running:
+        if (rec_.hard_deadline > 0 && now >= rec_.hard_deadline) {
+          finish("hard timeout reached while the engine was away", session_state::destroyed,
+                 nullptr);
+          return;
+        }
+        check_and_resume();
+        return;
+      case session_state::stopping:
+        finishing_ = true;
+        final_state_ = rec_.reason.rfind("failed", 0) == 0 ? session_state::failed
+                                                           : session_state::destroyed;
+        destroy_vm();
+        return;
+      default:
+        quit();
+        return;
+    }
+  }
+
+  void check_and_resume() {
+    request(account_, caf::infinite, get_atom::value, rec_.vm_id)
+      .then(
+        [=](const vm_info& vm) {
+          if (vm.status == vm_status::gone || vm.status == vm_status::stopped) {
+            mark_lost(vm.status, "found at restart");
+            return;
+          }
+          if (rec_.state == session_state::provisioning) {
+            adopt(vm);
+            return;
+          }
+          if (rec_.state == session_state::booting) {
+            boot();
+            return;
+          }
+          arm_watchdog();
+          connect_and_launch();
+        },
+        [=](caf::error& err) {
+          publish("error", "cannot ask the provider about VM " + rec_.vm_id + ": "
+                             + describe(err) + "; retrying");
+          delayed_send(this, milliseconds{env_->retry_delay_ms},
+                       actor_task{[=] { check_and_resume(); }});
+        });
+  }
+
+  // -- local log ----------------------------------------------------------------
+
+  uint64_t local_log_size(uint64_t fallback) const {
+    struct stat st;
+    if (::stat(env_->home.log_path(rec_.id).c_str(), &st) == 0)
+      return static_cast<uint64_t>(st.st_size);
+    return fallback;
+  }
+
+  void open_log() {
+    if (log_fd_ >= 0)
+      return;
+    log_fd_ = ::open(env_->home.log_path(rec_.id).c_str(),
+                     O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  }
+
+  void close_log() {
+    if (log_fd_ >= 0)
+      ::close(log_fd_);
+    log_fd_ = -1;
+  }
+
+  void drop_transport() {
+    ++transport_gen_;
+    if (tail_)
+      tail_->cancel();
+    if (status_)
+      status_->cancel();
+    tail_.reset();
+    status_.reset();
+    if (transport_)
+      transport_->close();
+    transport_.reset();
+  }
+
+  session_record rec_;
+  caf::actor account_;
+  std::shared_ptr<const session_env> env_;
+  caf::actor watchdog_;
+  session_keys keys_;
+  std::shared_ptr<transport> transport_;
+  std::shared_ptr<channel> tail_;
+  std::shared_ptr<channel> status_;
+  uint64_t transport_gen_ = 0; // callbacks of older connections are ignored
+  int log_fd_ = -1;
+  int64_t final_log_size_ = -1;
+  int64_t last_terminal_activity_ = 0;
+  uint64_t last_cpu_ticks_ = 0;
+  bool have_cpu_ = false;
+  bool idle_reported_ = false;
+  int64_t persisted_idle_deadline_ = 0;
+  bool create_in_flight_ = false;
+  bool finishing_ = false;
+  bool checking_vm_ = false;
+  session_state final_state_ = session_state::destroyed;
+};
+
+} // namespace
+
+caf::actor spawn_session(caf::actor_system& sys, session_record rec, caf::actor account,
+                         std::shared_ptr<const session_env> env) {
+  return sys.spawn<session_actor>(std::move(rec), std::move(account), std::move(env));
+}
+
+} // namespace aloft

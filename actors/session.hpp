@@ -1,0 +1,66 @@
+// The session actor: one per VM session, the state machine of its VM's life.
+//
+//   pending -> provisioning -> booting -> running -> stopping -> destroyed
+//       \            \             \          \           \
+//        +------------+-------------+----------+-----------+--> failed
+//                                   booting/running --> lost (VM gone)
+//
+// What each state waits for:
+//   pending       the record's first durable write
+//   provisioning  keys, then the provider's create (intent persisted first,
+//                 with the idempotency key the VM is tagged with)
+//   booting       the VM's sshd, the transport, the agent's launch
+//   running       agent output and status; the watchdog's deadlines
+//   stopping      the provider's confirmation that the VM is gone
+// Every transition is persisted before it is acted on and then published to
+// the registry as an event. On restart the actor is spawned with the
+// persisted record and `rehydrate_atom` resumes from that state; reconnecting
+// never creates, starts or revives a VM.
+//
+// Protocol:
+//   (launch_atom)               -> session_record, once pending is durable
+//   (rehydrate_atom)            resume a persisted record
+//   (get_atom)                  -> session_record
+//   (stop_atom)                 -> done_atom: end the agent, keep the VM
+//   (destroy_atom)              -> done_atom, once stopping is durable
+//   (extend_atom, int64 s)      -> session_record with the later hard deadline
+//   (activity_atom, string src) push the idle deadline (attach input)
+// The session links a watchdog actor (actors/watchdog.hpp).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <caf/actor.hpp>
+#include <caf/fwd.hpp>
+
+#include "engine/home.hpp"
+#include "engine/session_record.hpp"
+
+namespace aloft {
+
+class store;
+class wall_clock;
+class transport_factory;
+class executor;
+
+struct session_env {
+  store* db = nullptr;
+  const wall_clock* clock = nullptr;
+  transport_factory* transports = nullptr; // nullptr: no agent (bench fakes)
+  executor* blocking = nullptr;
+  home_layout home;
+  std::string installation_id;
+  caf::actor registry;
+  int status_interval_s = 2;
+  int64_t hard_warning_ms = 600'000;
+  int64_t retry_delay_ms = 5'000;   // reconnect and destroy retries
+  uint64_t cpu_activity_ticks = 5;  // CPU ticks per probe that count as busy
+  bool ssh_keys = true;             // make per-session SSH keys
+};
+
+caf::actor spawn_session(caf::actor_system& sys, session_record rec, caf::actor account,
+                         std::shared_ptr<const session_env> env);
+
+} // namespace aloft
