@@ -3,12 +3,7 @@
 #include <cmath>
 #include <cstdio>
 
-// simdjson's inlined code trips GCC 12's flow warnings; they are not ours.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdangling-pointer"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <simdjson.h>
-#pragma GCC diagnostic pop
 
 #include "engine/base/error.hpp"
 
@@ -24,13 +19,16 @@ json convert(simdjson::dom::element e) {
   switch (e.type()) {
     case element_type::ARRAY: {
       auto result = json::array();
-      for (auto child : e.get_array().value_unsafe())
+      // Bind the array first: iterating a temporary's value would dangle.
+      simdjson::dom::array items = e.get_array().value_unsafe();
+      for (auto child : items)
         result.push_back(convert(child));
       return result;
     }
     case element_type::OBJECT: {
       auto result = json::object();
-      for (auto field : e.get_object().value_unsafe())
+      simdjson::dom::object fields = e.get_object().value_unsafe();
+      for (auto field : fields)
         result.set(field.key, convert(field.value));
       return result;
     }
