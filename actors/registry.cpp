@@ -7,6 +7,7 @@
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/response_promise.hpp>
+#include <caf/send.hpp>
 
 #include "actors/account.hpp"
 #include "actors/atoms.hpp"
@@ -171,6 +172,12 @@ public:
         delayed_send(this, milliseconds{env_.reconcile_interval_ms}, tick_atom::value);
       },
     };
+  }
+
+  void on_exit() override {
+    for (auto& [id, s] : live_)
+      caf::anon_send_exit(s, caf::exit_reason::user_shutdown);
+    live_.clear();
   }
 
 private:

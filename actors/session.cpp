@@ -42,6 +42,10 @@ public:
   void on_exit() override {
     close_log();
     drop_transport();
+    // A normal quit does not travel along links: end the watchdog
+    // explicitly, or the actor system would wait for it forever.
+    if (watchdog_)
+      caf::anon_send_exit(watchdog_, caf::exit_reason::user_shutdown);
   }
 
   caf::behavior make_behavior() override {
@@ -672,7 +676,8 @@ private:
       });
       return;
     }
-    request(account_, caf::infinite, destroy_atom::value, rec_.vm_id)
+    request(account_, milliseconds{env_->provider_timeout_ms}, destroy_atom::value,
+            rec_.vm_id)
       .then([=](done_atom) { finished(); },
             [=](caf::error& err) {
               publish("error", "destroy VM " + rec_.vm_id + ": " + describe(err)

@@ -56,6 +56,7 @@ struct session_env {
   int status_interval_s = 2;
   int64_t hard_warning_ms = 600'000;
   int64_t retry_delay_ms = 5'000;   // reconnect and destroy retries
+  int64_t provider_timeout_ms = 120'000; // a destroy or get that never answers
   uint64_t cpu_activity_ticks = 5;  // CPU ticks per probe that count as busy
   bool ssh_keys = true;             // make per-session SSH keys
 };
