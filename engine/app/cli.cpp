@@ -1,0 +1,1145 @@
+#include "engine/app/cli.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <ostream>
+#include <utility>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine/app/daemon.hpp"
+#include "engine/app/protocol.hpp"
+#include "engine/base/ids.hpp"
+#include "engine/home.hpp"
+#include "engine/session_record.hpp"
+
+namespace aloft {
+
+namespace {
+
+// -- command table ---------------------------------------------------------
+
+struct flag_spec {
+  const char* long_name;  // "--follow"
+  const char* short_name; // "-f" or nullptr
+  const char* value_name; // "N" when the flag takes a value, else nullptr
+  const char* help;
+};
+
+struct command_spec {
+  const char* name;
+  std::vector<const char*> positionals;
+  std::vector<flag_spec> flags;
+  const char* summary;
+  const char* details;
+};
+
+const std::vector<command_spec>& commands() {
+  static const std::vector<command_spec> table = {
+    {"serve",
+     {},
+     {},
+     "run the daemon for this home, in the foreground",
+     "Opens the engine (store, accounts, live sessions) and listens on the\n"
+     "home's Unix socket (mode 0600). Prints one line saying where. Stops\n"
+     "cleanly on Ctrl-C or SIGTERM; the agents keep running on their VMs."},
+    {"launch",
+     {},
+     {
+       {"--agent", nullptr, "CMD", "the agent's command line (required)"},
+       {"--account", nullptr, "NAME", "the provider account (default: local)"},
+       {"--worktree", nullptr, "PATH", "the git worktree to sync up (default: .)"},
+       {"--idle-timeout", nullptr, "S",
+        "idle window before auto-destroy (90s, 30m, 2h or seconds)"},
+       {"--hard-timeout", nullptr, "S", "maximum lifetime of the VM"},
+       {"--no-auto-destroy", nullptr, nullptr,
+        "warn instead of destroying when idle"},
+     },
+     "start an agent in a new VM session",
+     "Provisions a VM with the account's provider, syncs the worktree up and\n"
+     "starts the agent there. Prints the new session's id; follow it with\n"
+     "`aloft logs ID -f`. Timeouts default to the account's guards."},
+    {"ls",
+     {},
+     {},
+     "list sessions, newest first",
+     "Columns: ID, ACCOUNT, STATE (the VM), AGENT (the agent's status),\n"
+     "IDLE IN and HARD IN (time left before the idle and hard timeouts),\n"
+     "AGE. IDLE IN is `off` when auto-destroy is off."},
+    {"show",
+     {"ID"},
+     {},
+     "show one session: every field, the next timer, the last activity",
+     "Prints the session's record, which timer fires next and when, and\n"
+     "what last pushed the idle deadline."},
+    {"logs",
+     {"ID"},
+     {{"--follow", "-f", nullptr, "keep printing output as it arrives"}},
+     "print the agent's output",
+     "Prints the output delivered so far. With -f, keeps printing new output\n"
+     "until the session ends (or Ctrl-C)."},
+    {"attach",
+     {"ID"},
+     {},
+     "open an interactive terminal on the agent",
+     "Opens the agent's tmux session over SSH, with the session's key and its\n"
+     "pinned host key. Detaching (tmux: Ctrl-b d) leaves the agent running;\n"
+     "several terminals may be attached at once. With --json, prints the\n"
+     "connection details instead of attaching."},
+    {"extend",
+     {"ID", "DURATION"},
+     {},
+     "move the hard deadline later",
+     "DURATION is like 90s, 30m, 2h, 1h30m or plain seconds."},
+    {"stop",
+     {"ID"},
+     {},
+     "end the agent, keep the VM",
+     "The VM stays (so its work can be synced down) until its idle timeout or\n"
+     "`aloft destroy`."},
+    {"destroy", {"ID"}, {}, "destroy the session's VM", "Ends the agent and removes the VM."},
+    {"events",
+     {},
+     {
+       {"--follow", "-f", nullptr, "keep printing events as they happen"},
+       {"-n", nullptr, "N", "how many past events to print first (default 20)"},
+       {"--session", nullptr, "ID", "only this session's events"},
+       {"--output", nullptr, nullptr, "include agent output events"},
+     },
+     "print recent events",
+     "Prints state changes, agent exits, activity, warnings and errors."},
+  };
+  return table;
+}
+
+const command_spec* find_command(const std::string& name) {
+  for (auto& c : commands())
+    if (name == c.name)
+      return &c;
+  return nullptr;
+}
+
+const flag_spec* find_flag(const command_spec& spec, const std::string& name) {
+  for (auto& f : spec.flags)
+    if (name == f.long_name || (f.short_name && name == f.short_name))
+      return &f;
+  return nullptr;
+}
+
+caf::error usage_error(std::string message) {
+  return make_error(errc::invalid_argument, std::move(message));
+}
+
+caf::error check_id(const std::string& id) {
+  if (is_valid_session_id(id))
+    return {};
+  return usage_error("'" + id
+                     + "' is not a session id (ids look like s-3f9a0c1d2e4b; "
+                       "`aloft ls` lists them)");
+}
+
+caf::error apply_flag(cli_command& cmd, const std::string& flag, const std::string& value) {
+  auto duration = [&](int64_t& out) -> caf::error {
+    auto d = parse_duration(value);
+    if (!d)
+      return usage_error(flag + ": " + message_of(d.error()));
+    out = *d;
+    return {};
+  };
+  if (flag == "--agent")
+    cmd.agent = value;
+  else if (flag == "--account")
+    cmd.account = value;
+  else if (flag == "--worktree")
+    cmd.worktree = value;
+  else if (flag == "--idle-timeout")
+    return duration(cmd.idle_timeout_s);
+  else if (flag == "--hard-timeout")
+    return duration(cmd.hard_timeout_s);
+  else if (flag == "--no-auto-destroy")
+    cmd.no_auto_destroy = true;
+  else if (flag == "--follow" || flag == "-f")
+    cmd.follow = true;
+  else if (flag == "--output")
+    cmd.include_output = true;
+  else if (flag == "--session") {
+    if (auto err = check_id(value))
+      return err;
+    cmd.session = value;
+  } else if (flag == "-n") {
+    char* end = nullptr;
+    errno = 0;
+    auto n = std::strtoll(value.c_str(), &end, 10);
+    if (value.empty() || *end != '\0' || errno != 0 || n < 0 || n > max_events)
+      return usage_error("-n: expected a count from 0 to " + std::to_string(max_events)
+                         + ", got '" + value + "'");
+    cmd.count = n;
+  }
+  return {};
+}
+
+std::string printable(const std::string& s) {
+  // Text from the daemon goes to a terminal: control characters could move
+  // the cursor or retitle the window, so they are shown, not obeyed.
+  std::string out;
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+std::string pad(const std::string& s, size_t width) {
+  return s.size() >= width ? s : s + std::string(width - s.size(), ' ');
+}
+
+std::string table(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths;
+  for (auto& row : rows)
+    for (size_t i = 0; i < row.size(); ++i) {
+      if (widths.size() <= i)
+        widths.push_back(0);
+      widths[i] = std::max(widths[i], row[i].size());
+    }
+  std::string out;
+  for (auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i)
+      line += i + 1 < row.size() ? pad(row[i], widths[i] + 2) : row[i];
+    out += line + "\n";
+  }
+  return out;
+}
+
+std::string agent_text(const json& rec) {
+  auto status = rec.get_string("agent_status");
+  if (status == "exited" || status == "failed")
+    return status + " (" + std::to_string(rec.get_int("exit_code", -1)) + ")";
+  return status;
+}
+
+bool terminal_state(const json& rec) {
+  session_state st;
+  return session_state_from_string(rec.get_string("state"), st) && is_terminal(st);
+}
+
+std::string countdown(int64_t deadline, int64_t now_ms) {
+  if (deadline <= 0)
+    return "-";
+  if (deadline <= now_ms)
+    return "due";
+  return format_duration(deadline - now_ms);
+}
+
+std::string relative(int64_t at, int64_t now_ms) {
+  if (at <= 0)
+    return "never";
+  if (at > now_ms)
+    return format_time(at) + " (in " + format_duration(at - now_ms) + ")";
+  return format_time(at) + " (" + format_duration(now_ms - at) + " ago)";
+}
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+           std::chrono::system_clock::now().time_since_epoch())
+    .count();
+}
+
+bool is_shell_safe_value(const std::string& s) {
+  if (s.empty() || s.front() == '-')
+    return false;
+  for (unsigned char c : s)
+    if (c <= 0x20 || c == 0x7f)
+      return false;
+  return true;
+}
+
+// -- talking to the daemon -------------------------------------------------
+
+// One connection to the daemon, with a line buffer for its replies.
+class connection {
+public:
+  explicit connection(int fd) : fd_(fd) {}
+  ~connection() {
+    if (fd_ >= 0)
+      ::close(fd_);
+  }
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+
+  caf::error send(const json& request) {
+    auto line = encode_line(request);
+    size_t done = 0;
+    while (done < line.size()) {
+      auto n = ::send(fd_, line.data() + done, line.size() - done, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0)
+        return from_errno(errno, "sending to the daemon");
+      done += static_cast<size_t>(n);
+    }
+    return {};
+  }
+
+  /// The next reply line; `timeout_ms` < 0 waits as long as it takes.
+  caf::expected<json> next(int timeout_ms) {
+    // Replies come from our own daemon, but a bound still keeps a confused
+    // peer from eating all memory.
+    constexpr size_t max_reply = size_t{256} << 20;
+    for (;;) {
+      auto nl = buf_.find('\n');
+      if (nl != std::string::npos) {
+        auto line = buf_.substr(0, nl);
+        buf_.erase(0, nl + 1);
+        auto j = json::parse(line);
+        if (!j)
+          return make_error(errc::internal,
+                            "the daemon sent a line that is not JSON: "
+                              + message_of(j.error()));
+        return std::move(*j);
+      }
+      if (buf_.size() > max_reply)
+        return make_error(errc::internal, "the daemon sent an overlong reply");
+      pollfd p{fd_, POLLIN, 0};
+      auto rc = ::poll(&p, 1, timeout_ms);
+      if (rc < 0 && errno == EINTR)
+        continue;
+      if (rc < 0)
+        return from_errno(errno, "waiting for the daemon");
+      if (rc == 0)
+        return make_error(errc::unavailable,
+                          "the daemon did not answer in time; it may be busy");
+      char chunk[65536];
+      auto n = ::recv(fd_, chunk, sizeof(chunk), 0);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0)
+        return from_errno(errno, "reading from the daemon");
+      if (n == 0)
+        return make_error(errc::unavailable,
+                          "the daemon closed the connection (was it stopped?)");
+      buf_.append(chunk, static_cast<size_t>(n));
+    }
+  }
+
+private:
+  int fd_;
+  std::string buf_;
+};
+
+constexpr int reply_timeout_ms = 120'000;
+
+caf::error error_from_reply(const json& reply) {
+  auto e = reply.find("error");
+  if (!e || !e->is_object())
+    return make_error(errc::internal, "the daemon sent a malformed error reply");
+  return make_error(errc_from_string(e->get_string("code")), e->get_string("message"));
+}
+
+// Sends `request` and waits for its one reply.
+caf::expected<json> call(connection& conn, const json& request) {
+  if (auto err = conn.send(request))
+    return err;
+  auto reply = conn.next(reply_timeout_ms);
+  if (!reply)
+    return reply.error();
+  if (!reply->get_bool("ok"))
+    return error_from_reply(*reply);
+  auto r = reply->find("result");
+  return r ? *r : json{};
+}
+
+struct client_context {
+  const cli_command& cmd;
+  std::ostream& out;
+  std::ostream& err;
+  int64_t next_id = 1;
+
+  int fail(const caf::error& e) {
+    auto code = code_of(e);
+    if (cmd.json) {
+      auto j = json::object();
+      j.set("error", json::object()
+                       .set("code", to_string(code))
+                       .set("message", message_of(e)));
+      out << encode_line(j) << std::flush;
+    } else {
+      err << format_error(to_string(code), message_of(e)) << std::flush;
+    }
+    return exit_code_for(code);
+  }
+
+  void print_json(const json& j) { out << encode_line(j) << std::flush; }
+};
+
+caf::expected<std::string> absolute_worktree(const std::string& given) {
+  auto path = given.empty() ? std::string{"."} : given;
+  char resolved[PATH_MAX];
+  if (!::realpath(path.c_str(), resolved))
+    return make_error(errc::invalid_argument,
+                      "--worktree " + path + ": " + std::strerror(errno));
+  struct stat st;
+  if (::stat(resolved, &st) != 0 || !S_ISDIR(st.st_mode))
+    return make_error(errc::invalid_argument,
+                      "--worktree " + path + " is not a directory");
+  return std::string{resolved};
+}
+
+int run_logs(client_context& ctx, connection& conn) {
+  auto& cmd = ctx.cmd;
+  if (!cmd.follow) {
+    int64_t offset = 0;
+    for (;;) {
+      auto req = request_for(cmd, ctx.next_id++);
+      auto args = *req.find("args");
+      args.set("offset", offset);
+      req.set("args", args);
+      auto chunk = call(conn, req);
+      if (!chunk)
+        return ctx.fail(chunk.error());
+      if (cmd.json)
+        ctx.print_json(*chunk);
+      else
+        ctx.out << chunk->get_string("data");
+      auto next = chunk->get_int("next_offset", offset);
+      if (chunk->get_bool("eof", true) || next <= offset)
+        break;
+      offset = next;
+    }
+    ctx.out << std::flush;
+    return exit_codes::ok;
+  }
+  if (auto err = conn.send(request_for(cmd, ctx.next_id++)))
+    return ctx.fail(err);
+  for (;;) {
+    auto reply = conn.next(-1);
+    if (!reply)
+      return ctx.fail(reply.error());
+    if (!reply->get_bool("ok"))
+      return ctx.fail(error_from_reply(*reply));
+    auto result = reply->find("result");
+    json item = result ? *result : json::object();
+    if (cmd.json)
+      ctx.print_json(item);
+    else if (reply->get_bool("more"))
+      ctx.out << item.get_string("data") << std::flush;
+    if (!reply->get_bool("more")) {
+      if (!cmd.json)
+        ctx.err << "aloft: " << printable(item.get_string("end", "stream ended"))
+                << "\n";
+      return exit_codes::ok;
+    }
+  }
+}
+
+int run_events(client_context& ctx, connection& conn) {
+  auto& cmd = ctx.cmd;
+  if (!cmd.follow) {
+    auto result = call(conn, request_for(cmd, ctx.next_id++));
+    if (!result)
+      return ctx.fail(result.error());
+    if (cmd.json) {
+      ctx.print_json(*result);
+    } else if (auto evs = result->find("events")) {
+      for (auto& ev : evs->items())
+        ctx.out << format_event(ev);
+    }
+    ctx.out << std::flush;
+    return exit_codes::ok;
+  }
+  if (auto err = conn.send(request_for(cmd, ctx.next_id++)))
+    return ctx.fail(err);
+  for (;;) {
+    auto reply = conn.next(-1);
+    if (!reply)
+      return ctx.fail(reply.error());
+    if (!reply->get_bool("ok"))
+      return ctx.fail(error_from_reply(*reply));
+    auto result = reply->find("result");
+    json item = result ? *result : json::object();
+    if (cmd.json)
+      ctx.print_json(item);
+    else if (reply->get_bool("more"))
+      ctx.out << format_event(item) << std::flush;
+    if (!reply->get_bool("more"))
+      return exit_codes::ok;
+  }
+}
+
+int run_attach(client_context& ctx, connection& conn) {
+  auto& cmd = ctx.cmd;
+  auto info = call(conn, request_for(cmd, ctx.next_id++));
+  if (!info)
+    return ctx.fail(info.error());
+  auto plan = plan_attach(*info);
+  if (!plan)
+    return ctx.fail(plan.error());
+  if (cmd.json) {
+    auto argv = json::array();
+    for (auto& a : plan->argv)
+      argv.push_back(a);
+    auto j = *info;
+    j.set("known_hosts_path", plan->known_hosts_path);
+    j.set("ssh_argv", std::move(argv));
+    ctx.print_json(j);
+    return exit_codes::ok;
+  }
+  if (auto err = write_known_hosts(*plan))
+    return ctx.fail(err);
+  // Attaching is activity: it pushes the idle deadline once, before the
+  // terminal exists (input in it is the VM's business from then on).
+  auto activity = json::object();
+  activity.set("id", ctx.next_id++).set("op", "activity");
+  activity.set("args", json::object().set("id", cmd.id).set("source", "attach"));
+  if (auto r = call(conn, activity); !r)
+    return ctx.fail(r.error());
+  ctx.out << std::flush;
+  ctx.err << std::flush;
+  std::vector<char*> argv;
+  for (auto& a : plan->argv)
+    argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  ::execvp(argv[0], argv.data());
+  return ctx.fail(make_error(errc::failed_precondition,
+                             std::string{"cannot run ssh: "} + std::strerror(errno)
+                               + "; install the OpenSSH client"));
+}
+
+} // namespace
+
+// -- exit codes and parsing -------------------------------------------------
+
+int exit_code_for(errc code) {
+  switch (code) {
+    case errc::ok: return exit_codes::ok;
+    case errc::invalid_argument:
+    case errc::out_of_range: return exit_codes::usage;
+    case errc::not_found: return exit_codes::not_found;
+    case errc::failed_precondition: return exit_codes::refused;
+    case errc::unavailable:
+    case errc::resource_exhausted:
+    case errc::aborted: return exit_codes::unavailable;
+    default: return exit_codes::failed;
+  }
+}
+
+caf::expected<int64_t> parse_duration(std::string_view text) {
+  if (text.empty())
+    return usage_error("expected a duration like 90s, 30m, 2h or seconds, got ''");
+  auto bad = [&](const std::string& why) {
+    return usage_error("expected a duration like 90s, 30m, 2h or seconds, got '"
+                       + std::string{text} + "' (" + why + ")");
+  };
+  int64_t total = 0;
+  size_t i = 0;
+  bool any_unit = false;
+  while (i < text.size()) {
+    if (text[i] < '0' || text[i] > '9')
+      return bad("a number must come first");
+    int64_t n = 0;
+    while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
+      if (n > (INT64_MAX - 9) / 10)
+        return bad("too large");
+      n = n * 10 + (text[i] - '0');
+      ++i;
+    }
+    int64_t unit = 1;
+    if (i < text.size()) {
+      switch (text[i]) {
+        case 's': unit = 1; break;
+        case 'm': unit = 60; break;
+        case 'h': unit = 3600; break;
+        case 'd': unit = 86400; break;
+        default: return bad(std::string{"unknown unit '"} + text[i] + "'");
+      }
+      ++i;
+      any_unit = true;
+    } else if (any_unit) {
+      return bad("a unit is missing after the last number");
+    }
+    if (n > (INT64_MAX / 1000 - total) / unit)
+      return bad("too large");
+    total += n * unit;
+  }
+  if (total <= 0)
+    return bad("it must be longer than zero");
+  return total;
+}
+
+std::string format_duration(int64_t ms) {
+  if (ms < 0)
+    ms = 0;
+  auto s = ms / 1000;
+  char buf[32];
+  if (s < 60)
+    std::snprintf(buf, sizeof(buf), "%llds", static_cast<long long>(s));
+  else if (s < 3600)
+    std::snprintf(buf, sizeof(buf), "%lldm%02llds", static_cast<long long>(s / 60),
+                  static_cast<long long>(s % 60));
+  else if (s < 86400)
+    std::snprintf(buf, sizeof(buf), "%lldh%02lldm", static_cast<long long>(s / 3600),
+                  static_cast<long long>(s % 3600 / 60));
+  else
+    std::snprintf(buf, sizeof(buf), "%lldd%02lldh", static_cast<long long>(s / 86400),
+                  static_cast<long long>(s % 86400 / 3600));
+  return buf;
+}
+
+std::string format_time(int64_t ms) {
+  if (ms <= 0)
+    return "-";
+  time_t t = static_cast<time_t>(ms / 1000);
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%SZ", &tm);
+  return buf;
+}
+
+caf::expected<cli_command> parse_cli(const std::vector<std::string>& args) {
+  cli_command cmd;
+  const command_spec* spec = nullptr;
+  std::vector<std::string> positionals;
+  bool only_positionals = false;
+  bool help_word = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    auto a = args[i];
+    if (!only_positionals && a == "--") {
+      only_positionals = true;
+      continue;
+    }
+    if (!only_positionals && a.size() > 1 && a[0] == '-') {
+      std::string name = a;
+      std::string value;
+      bool has_inline_value = false;
+      if (auto eq = a.find('='); a.compare(0, 2, "--") == 0 && eq != std::string::npos) {
+        name = a.substr(0, eq);
+        value = a.substr(eq + 1);
+        has_inline_value = true;
+      }
+      auto take_value = [&](const std::string& what) -> caf::error {
+        if (has_inline_value)
+          return {};
+        if (i + 1 >= args.size())
+          return usage_error(name + " needs a value (" + what + ")");
+        value = args[++i];
+        return {};
+      };
+      if (name == "--home") {
+        if (auto err = take_value("DIR"))
+          return err;
+        if (value.empty())
+          return usage_error("--home needs a directory");
+        cmd.home = value;
+        continue;
+      }
+      if (name == "--json" || name == "-h" || name == "--help" || name == "--version") {
+        if (has_inline_value)
+          return usage_error(name + " takes no value");
+        if (name == "--json")
+          cmd.json = true;
+        else if (name == "--version")
+          cmd.version = true;
+        else
+          cmd.help = true;
+        continue;
+      }
+      const flag_spec* flag = spec ? find_flag(*spec, name) : nullptr;
+      if (!flag)
+        return usage_error("unknown option " + name
+                           + (spec ? " for `aloft " + std::string{spec->name}
+                                       + "` (see aloft " + spec->name + " --help)"
+                                   : std::string{" (see aloft --help)"}));
+      if (flag->value_name) {
+        if (auto err = take_value(flag->value_name))
+          return err;
+      } else if (has_inline_value) {
+        return usage_error(name + " takes no value");
+      }
+      if (auto err = apply_flag(cmd, flag->long_name, value))
+        return err;
+      continue;
+    }
+    if (!spec) {
+      if (a == "help" && !help_word) {
+        help_word = true;
+        cmd.help = true;
+        continue;
+      }
+      spec = find_command(a);
+      if (!spec)
+        return usage_error("unknown command '" + a + "' (see aloft --help)");
+      cmd.name = spec->name;
+      continue;
+    }
+    positionals.push_back(a);
+  }
+  if (cmd.help || cmd.version)
+    return cmd;
+  if (!spec)
+    return cmd; // nothing to run: the caller prints the usage
+  auto usage_hint = std::string{" (see aloft "} + spec->name + " --help)";
+  if (positionals.size() < spec->positionals.size())
+    return usage_error(std::string{spec->name} + " needs "
+                       + spec->positionals[positionals.size()] + usage_hint);
+  if (positionals.size() > spec->positionals.size())
+    return usage_error("unexpected argument '" + positionals[spec->positionals.size()]
+                       + "'" + usage_hint);
+  if (!spec->positionals.empty()) {
+    if (auto err = check_id(positionals[0]))
+      return err;
+    cmd.id = positionals[0];
+  }
+  if (cmd.name == "extend") {
+    auto d = parse_duration(positionals[1]);
+    if (!d)
+      return usage_error("extend: " + message_of(d.error()));
+    cmd.seconds = *d;
+  }
+  if (cmd.name == "launch" && cmd.agent.empty())
+    return usage_error("launch needs --agent CMD (the agent's command line)" + usage_hint);
+  return cmd;
+}
+
+// -- help --------------------------------------------------------------------
+
+namespace {
+
+std::string synopsis(const command_spec& c) {
+  std::string s = std::string{"aloft "} + c.name;
+  for (auto p : c.positionals)
+    s += std::string{" "} + p;
+  for (auto& f : c.flags) {
+    s += " [";
+    s += f.short_name ? f.short_name : f.long_name;
+    if (f.value_name)
+      s += std::string{" "} + f.value_name;
+    s += "]";
+  }
+  return s;
+}
+
+const char* exit_code_table = "Exit codes:\n"
+                              "  0  ok\n"
+                              "  1  failed\n"
+                              "  2  usage error (bad arguments or a bad request)\n"
+                              "  3  not found (no such session)\n"
+                              "  4  no daemon running (start one with `aloft serve`)\n"
+                              "  5  refused in the session's current state\n"
+                              "  6  temporarily unavailable; retry\n";
+
+const char* common_options = "Options for every command:\n"
+                             "  --home DIR   the state directory (default: $ALOFT_HOME,\n"
+                             "               else the XDG data, config and runtime dirs)\n"
+                             "  --json       machine-readable output (docs/protocol.md)\n"
+                             "  -h, --help   help for a command\n";
+
+} // namespace
+
+std::string usage_text() {
+  std::string s = "aloft - run coding agents in cloud VMs\n\n"
+                  "Usage: aloft [--home DIR] [--json] COMMAND [ARGS]\n\n"
+                  "Commands:\n";
+  for (auto& c : commands())
+    s += "  " + pad(c.name, 9) + c.summary + "\n";
+  s += "\n";
+  s += common_options;
+  s += "\nStart the daemon with `aloft serve`; the other commands talk to it.\n"
+       "`aloft COMMAND --help` describes one command.\n\n";
+  s += exit_code_table;
+  return s;
+}
+
+std::string command_help(const std::string& name) {
+  auto c = find_command(name);
+  if (!c)
+    return {};
+  std::string s = "Usage: " + synopsis(*c) + "\n\n" + c->summary + ".\n\n" + c->details
+                  + "\n";
+  if (!c->flags.empty()) {
+    s += "\nOptions:\n";
+    for (auto& f : c->flags) {
+      std::string left = f.short_name ? std::string{f.short_name} + ", " + f.long_name
+                                      : std::string{f.long_name};
+      if (f.short_name && std::string{f.short_name} == f.long_name)
+        left = f.long_name;
+      if (f.value_name)
+        left += std::string{" "} + f.value_name;
+      s += "  " + pad(left, 22) + f.help + "\n";
+    }
+  }
+  s += "\n";
+  s += common_options;
+  s += "\n";
+  s += exit_code_table;
+  return s;
+}
+
+int handle_help_and_usage(const caf::expected<cli_command>& parsed, std::ostream& out,
+                          std::ostream& err) {
+  if (!parsed) {
+    err << "aloft: " << message_of(parsed.error()) << "\n";
+    return exit_codes::usage;
+  }
+  if (parsed->help) {
+    if (parsed->name.empty())
+      out << usage_text();
+    else
+      out << command_help(parsed->name);
+    return exit_codes::ok;
+  }
+  if (parsed->version) {
+    out << "aloft (protocol " << protocol_version << ")\n";
+    return exit_codes::ok;
+  }
+  if (parsed->name.empty()) {
+    err << usage_text();
+    return exit_codes::usage;
+  }
+  return -1;
+}
+
+// -- requests ----------------------------------------------------------------
+
+json request_for(const cli_command& cmd, int64_t request_id) {
+  auto req = json::object();
+  req.set("id", request_id);
+  auto args = json::object();
+  auto& n = cmd.name;
+  if (n == "launch") {
+    req.set("op", "launch");
+    args.set("agent", cmd.agent);
+    if (!cmd.account.empty())
+      args.set("account", cmd.account);
+    if (!cmd.worktree.empty())
+      args.set("worktree", cmd.worktree);
+    if (cmd.idle_timeout_s > 0)
+      args.set("idle_timeout_s", cmd.idle_timeout_s);
+    if (cmd.hard_timeout_s > 0)
+      args.set("hard_timeout_s", cmd.hard_timeout_s);
+    if (cmd.no_auto_destroy)
+      args.set("auto_destroy", false);
+  } else if (n == "ls") {
+    req.set("op", "list");
+  } else if (n == "logs") {
+    req.set("op", "logs");
+    args.set("id", cmd.id);
+    if (cmd.follow)
+      args.set("follow", true);
+  } else if (n == "extend") {
+    req.set("op", "extend");
+    args.set("id", cmd.id);
+    args.set("seconds", cmd.seconds);
+  } else if (n == "events") {
+    req.set("op", "events");
+    args.set("n", cmd.count >= 0 ? cmd.count : 20);
+    if (cmd.follow)
+      args.set("follow", true);
+    if (cmd.include_output)
+      args.set("include_output", true);
+    if (!cmd.session.empty())
+      args.set("session", cmd.session);
+  } else {
+    // show, attach, stop, destroy: the op has the command's name.
+    req.set("op", n);
+    args.set("id", cmd.id);
+  }
+  req.set("args", std::move(args));
+  return req;
+}
+
+// -- human output --------------------------------------------------------------
+
+std::string format_ls(const json& list_result, int64_t now) {
+  auto sessions = list_result.find("sessions");
+  if (!sessions || sessions->size() == 0)
+    return "no sessions (start one with `aloft launch --agent CMD`)\n";
+  std::vector<std::vector<std::string>> rows;
+  rows.push_back({"ID", "ACCOUNT", "STATE", "AGENT", "IDLE IN", "HARD IN", "AGE"});
+  for (auto& rec : sessions->items()) {
+    bool done = terminal_state(rec);
+    std::string idle = "-";
+    if (!done)
+      idle = rec.get_bool("auto_destroy", true)
+               ? countdown(rec.get_int("idle_deadline"), now)
+               : "off";
+    std::string hard = done ? "-" : countdown(rec.get_int("hard_deadline"), now);
+    auto created = rec.get_int("created_at");
+    rows.push_back({printable(rec.get_string("id")), printable(rec.get_string("account")),
+                    printable(rec.get_string("state")), printable(agent_text(rec)), idle,
+                    hard, created > 0 ? format_duration(now - created) : "-"});
+  }
+  return table(rows);
+}
+
+std::string format_show(const json& show_result, int64_t now) {
+  static const json empty = json::object();
+  auto found = show_result.find("session");
+  const json& rec = found ? *found : empty;
+  bool done = terminal_state(rec);
+  std::vector<std::vector<std::string>> rows;
+  auto row = [&](const std::string& k, const std::string& v) {
+    rows.push_back({k + ":", v});
+  };
+  auto str = [&](const char* key) { return printable(rec.get_string(key)); };
+  row("id", str("id"));
+  row("account", str("account") + " (provider " + str("provider") + ")");
+  auto state = str("state");
+  if (!rec.get_string("reason").empty())
+    state += " (" + str("reason") + ")";
+  row("state", state);
+  row("agent", printable(agent_text(rec)));
+  row("command", str("agent_cmd"));
+  row("worktree", str("worktree"));
+  if (!rec.get_string("vm_id").empty())
+    row("vm", str("vm_id"));
+  if (!rec.get_string("host").empty())
+    row("ssh", str("user") + "@" + str("host") + ":"
+                 + std::to_string(rec.get_int("port")));
+  if (!rec.get_string("workdir").empty())
+    row("workdir", str("workdir"));
+  row("created", relative(rec.get_int("created_at"), now));
+  row("auto-destroy", std::string{rec.get_bool("auto_destroy", true) ? "on" : "off"}
+                        + ", idle timeout "
+                        + format_duration(rec.get_int("idle_timeout_ms")));
+  row("idle deadline", relative(rec.get_int("idle_deadline"), now));
+  row("hard deadline", relative(rec.get_int("hard_deadline"), now));
+  auto timer = show_result.get_string("next_timer");
+  auto at = show_result.get_int("next_timer_at");
+  std::string next = "none";
+  if (!done && !timer.empty()) {
+    std::string action;
+    if (timer == "idle")
+      action = rec.get_bool("auto_destroy", true)
+                 ? "sync down to a safety ref, then destroy"
+                 : "warn (auto-destroy is off)";
+    else if (timer == "hard")
+      action = "sync down to a safety ref, then destroy";
+    else
+      action = printable(timer);
+    next = printable(timer) + " timeout " + (at > now ? "in " + format_duration(at - now)
+                                                      : std::string{"due now"})
+           + " (at " + format_time(at) + "): " + action;
+  }
+  row("next timer", next);
+  auto activity = rec.get_string("last_activity");
+  row("last activity",
+      activity.empty() ? "none yet"
+                       : printable(activity) + ", "
+                           + relative(rec.get_int("last_activity_at"), now));
+  row("log", std::to_string(rec.get_int("log_offset")) + " bytes delivered");
+  return table(rows);
+}
+
+std::string format_event(const json& ev) {
+  auto kind = ev.get_string("kind");
+  std::string detail;
+  if (kind == "output") {
+    detail = std::to_string(ev.get_string("data").size()) + " bytes at offset "
+             + std::to_string(ev.get_int("offset"));
+  } else {
+    detail = ev.get_string("state");
+    auto msg = ev.get_string("message");
+    if (!msg.empty())
+      detail += (detail.empty() ? "" : ": ") + msg;
+  }
+  auto session = ev.get_string("session");
+  return format_time(ev.get_int("at_ms")) + "  " + pad(printable(session.empty() ? "-" : session), 14)
+         + "  " + pad(printable(kind), 10) + "  " + printable(detail) + "\n";
+}
+
+std::string format_launch(const json& rec) {
+  auto id = printable(rec.get_string("id"));
+  return "launched " + id + " on account " + printable(rec.get_string("account"))
+         + " (" + printable(rec.get_string("state")) + ")\n"
+         + "  follow its output:  aloft logs " + id + " -f\n"
+         + "  open a terminal:    aloft attach " + id + "\n";
+}
+
+std::string format_extend(const json& rec, int64_t now) {
+  return printable(rec.get_string("id")) + ": hard deadline is now "
+         + relative(rec.get_int("hard_deadline"), now) + "\n";
+}
+
+std::string format_error(const std::string& code, const std::string& message) {
+  std::string hint;
+  auto c = errc_from_string(code);
+  switch (c) {
+    case errc::not_found: hint = "`aloft ls` lists the sessions this daemon knows"; break;
+    case errc::failed_precondition:
+      hint = "`aloft show ID` says what state the session is in";
+      break;
+    case errc::unavailable:
+    case errc::resource_exhausted:
+    case errc::aborted: hint = "this is temporary: try again"; break;
+    default: break;
+  }
+  std::string s = "aloft: " + printable(message.empty() ? code : message) + "\n";
+  if (!hint.empty())
+    s += "  (" + hint + ")\n";
+  return s;
+}
+
+// -- attach --------------------------------------------------------------------
+
+caf::expected<attach_plan> plan_attach(const json& info) {
+  auto host = info.get_string("host");
+  auto user = info.get_string("user");
+  auto key = info.get_string("client_key_path");
+  auto host_key = info.get_string("host_public_key");
+  auto command = info.get_string("command");
+  auto port = info.get_int("port", 0);
+  auto bad = [](const std::string& what) {
+    return make_error(errc::invalid_argument, "the daemon's attach details: " + what);
+  };
+  if (!is_shell_safe_value(host))
+    return bad("host is empty or malformed");
+  if (!is_shell_safe_value(user) || user.find('@') != std::string::npos)
+    return bad("user is empty or malformed");
+  if (port <= 0 || port > 65535)
+    return bad("port " + std::to_string(port) + " is out of range");
+  if (key.empty() || key.front() != '/' || key.find('\n') != std::string::npos)
+    return bad("client_key_path must be an absolute path");
+  // The pinned key becomes one known_hosts line: it must be exactly one
+  // "type base64" entry, or it could smuggle in more hosts.
+  auto space = host_key.find(' ');
+  if (space == std::string::npos || space == 0 || space + 1 >= host_key.size())
+    return bad("host_public_key is not a 'type base64' key");
+  for (unsigned char ch : host_key)
+    if (ch < 0x20 || ch == 0x7f)
+      return bad("host_public_key holds control characters");
+  if (command.empty())
+    return bad("command is empty");
+  attach_plan plan;
+  auto slash = key.rfind('/');
+  plan.known_hosts_path = key.substr(0, slash == 0 ? 1 : slash) + "/known_hosts";
+  auto pattern = port == 22 ? host : "[" + host + "]:" + std::to_string(port);
+  plan.known_hosts_line = pattern + " " + host_key + "\n";
+  plan.argv = {"ssh",
+               "-tt",
+               "-i",
+               key,
+               "-p",
+               std::to_string(port),
+               "-o",
+               "IdentitiesOnly=yes",
+               "-o",
+               "StrictHostKeyChecking=yes",
+               "-o",
+               "UserKnownHostsFile=" + plan.known_hosts_path,
+               "-o",
+               "LogLevel=ERROR",
+               // ssh reads options after the destination too; `--` ends them,
+               // so nothing from the daemon is taken for one.
+               "--",
+               user + "@" + host,
+               command};
+  return plan;
+}
+
+caf::error write_known_hosts(const attach_plan& plan) {
+  auto tmp = plan.known_hosts_path + ".tmp." + std::to_string(::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+                  0600);
+  if (fd < 0)
+    return from_errno(errno, "cannot write " + tmp);
+  auto& line = plan.known_hosts_line;
+  size_t done = 0;
+  while (done < line.size()) {
+    auto n = ::write(fd, line.data() + done, line.size() - done);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      auto err = from_errno(errno, "cannot write " + tmp);
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return err;
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), plan.known_hosts_path.c_str()) != 0) {
+    auto err = from_errno(errno, "cannot replace " + plan.known_hosts_path);
+    ::unlink(tmp.c_str());
+    return err;
+  }
+  return {};
+}
+
+// -- running -------------------------------------------------------------------
+
+int run_client(const cli_command& cmd, std::ostream& out, std::ostream& err) {
+  client_context ctx{cmd, out, err};
+  auto layout = resolve_home(cmd.home);
+  auto socket = layout.socket_path();
+  auto fd = connect_unix_socket(socket);
+  if (!fd) {
+    auto code = code_of(fd.error());
+    if (code == errc::not_found || code == errc::unavailable) {
+      auto start = std::string{"aloft serve"}
+                   + (cmd.home.empty() ? "" : " --home " + cmd.home);
+      ctx.fail(make_error(code, "no aloft daemon is running for this home (no answer on "
+                                  + socket + "); start one with `" + start + "`"));
+      return exit_codes::no_daemon;
+    }
+    return ctx.fail(annotate(fd.error(), "cannot reach the daemon"));
+  }
+  connection conn{*fd};
+  auto now = now_ms();
+  if (cmd.name == "logs")
+    return run_logs(ctx, conn);
+  if (cmd.name == "events")
+    return run_events(ctx, conn);
+  if (cmd.name == "attach")
+    return run_attach(ctx, conn);
+  auto req = request_for(cmd, ctx.next_id++);
+  if (cmd.name == "launch") {
+    // The daemon's working directory is not ours: send an absolute path.
+    auto wt = absolute_worktree(cmd.worktree);
+    if (!wt)
+      return ctx.fail(wt.error());
+    auto args = *req.find("args");
+    args.set("worktree", *wt);
+    req.set("args", std::move(args));
+  }
+  auto result = call(conn, req);
+  if (!result)
+    return ctx.fail(result.error());
+  if (cmd.json) {
+    ctx.print_json(*result);
+    return exit_codes::ok;
+  }
+  auto& n = cmd.name;
+  if (n == "launch")
+    out << format_launch(*result);
+  else if (n == "ls")
+    out << format_ls(*result, now);
+  else if (n == "show")
+    out << format_show(*result, now);
+  else if (n == "extend")
+    out << format_extend(*result, now);
+  else if (n == "stop")
+    out << "stopping the agent of " << cmd.id
+        << "; the VM stays until its idle timeout or `aloft destroy " << cmd.id << "`\n";
+  else if (n == "destroy")
+    out << "destroying " << cmd.id << "\n";
+  out << std::flush;
+  return exit_codes::ok;
+}
+
+} // namespace aloft
