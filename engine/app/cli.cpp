@@ -1093,8 +1093,15 @@ int run_client(const cli_command& cmd, std::ostream& out, std::ostream& err) {
     if (code == errc::not_found || code == errc::unavailable) {
       auto start = std::string{"aloft serve"}
                    + (cmd.home.empty() ? "" : " --home " + cmd.home);
-      ctx.fail(make_error(code, "no aloft daemon is running for this home (no answer on "
-                                  + socket + "); start one with `" + start + "`"));
+      auto message = "no aloft daemon is running for this home (no answer on " + socket
+                     + "); start one with `" + start + "`";
+      if (cmd.json) {
+        auto j = json::object();
+        j.set("error", json::object().set("code", "unavailable").set("message", message));
+        ctx.print_json(j);
+      } else {
+        err << "aloft: " << message << "\n";
+      }
       return exit_codes::no_daemon;
     }
     return ctx.fail(annotate(fd.error(), "cannot reach the daemon"));

@@ -34,8 +34,7 @@ int fail(const cli_command& cmd, std::ostream& out, std::ostream& err,
   } else {
     err << "aloft serve: " << message_of(e) << "\n";
   }
-  return code_of(e) == errc::already_exists ? exit_codes::failed
-                                            : exit_code_for(code_of(e));
+  return exit_code_for(code_of(e));
 }
 
 } // namespace

@@ -238,7 +238,7 @@ TEST_F(daemon_test, logs_follow_drops_bytes_published_while_the_file_was_read) {
 
 TEST_F(daemon_test, logs_follow_of_a_finished_session_ends_after_the_file) {
   auto id = eng.add_session(session_state::destroyed);
-  std::string big(700 * 1024, 'z'); // several chunks
+  std::string big(3 * 1024 * 1024, 'z'); // many chunks, past the pump's watermark
   eng.append_output(id, big, false);
   running_daemon d{eng, sock};
   test_client c{sock};
@@ -316,6 +316,33 @@ TEST_F(daemon_test, connections_beyond_the_cap_are_told_why) {
   EXPECT_EQ(r.find("error")->get_string("code"), "resource_exhausted");
   EXPECT_TRUE(b.closed_by_peer());
   round_trip(a);
+}
+
+TEST_F(daemon_test, a_client_that_does_not_read_its_stream_is_dropped) {
+  daemon_options opts;
+  opts.max_output_bytes = 64 * 1024;
+  std::string logged;
+  opts.log = [&](const std::string& s) { logged += s; };
+  running_daemon d{eng, sock, opts};
+  test_client slow{sock};
+  test_client other{sock};
+  slow.send("events", json::object().set("follow", true).set("n", 0), 1);
+  round_trip(slow);
+  // Far more than the socket buffers and the cap hold together.
+  for (int i = 0; i < 400; ++i) {
+    event ev;
+    ev.kind = "warning";
+    ev.message = std::string(16 * 1024, 'w');
+    eng.publish(ev);
+  }
+  round_trip(other);
+  round_trip(other);
+  EXPECT_EQ(eng.subscriber_count(), 0u);
+  EXPECT_NE(logged.find("does not read its output"), std::string::npos);
+  // What was already in the socket can still be read; then the end.
+  while (!slow.eof() && !slow.read().is_null()) {
+  }
+  EXPECT_TRUE(slow.eof());
 }
 
 TEST_F(daemon_test, a_client_that_half_closes_still_gets_its_reply) {
