@@ -1,6 +1,7 @@
 #include "engine/app/cli.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <climits>
@@ -725,11 +726,14 @@ std::string synopsis(const command_spec& c) {
   for (auto p : c.positionals)
     s += std::string{" "} + p;
   for (auto& f : c.flags) {
-    s += " [";
+    // A flag whose help says "(required)" is shown without brackets.
+    bool required = std::string{f.help}.find("(required)") != std::string::npos;
+    s += required ? " " : " [";
     s += f.short_name ? f.short_name : f.long_name;
     if (f.value_name)
       s += std::string{" "} + f.value_name;
-    s += "]";
+    if (!required)
+      s += "]";
   }
   return s;
 }
@@ -769,7 +773,9 @@ std::string command_help(const std::string& name) {
   auto c = find_command(name);
   if (!c)
     return {};
-  std::string s = "Usage: " + synopsis(*c) + "\n\n" + c->summary + ".\n\n" + c->details
+  std::string summary = c->summary;
+  summary[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(summary[0])));
+  std::string s = "Usage: " + synopsis(*c) + "\n\n" + summary + ".\n\n" + c->details
                   + "\n";
   if (!c->flags.empty()) {
     s += "\nOptions:\n";

@@ -96,3 +96,24 @@ TEST(c_api, close_ends_remaining_subscriptions_and_ignores_null) {
 
 } // namespace
 } // namespace aloft
+
+namespace aloft {
+namespace {
+
+// aloft_open runs the real engine on a fresh home: the one test here that
+// does not use the fake, so that the C entry point itself is exercised.
+TEST(c_api, open_runs_the_real_engine_on_a_fresh_home) {
+  temp_dir dir;
+  char* error = nullptr;
+  auto h = aloft_open(dir.path().c_str(), &error);
+  ASSERT_NE(h, nullptr) << (error ? error : "");
+  EXPECT_EQ(error, nullptr);
+  auto hello = parse_reply(aloft_call(h, R"({"id":1,"op":"hello"})"));
+  EXPECT_EQ(hello.find("result")->get_int("protocol"), ALOFT_PROTOCOL_VERSION);
+  auto list = parse_reply(aloft_call(h, R"({"id":2,"op":"list"})"));
+  EXPECT_EQ(list.find("result")->find("sessions")->size(), 0u);
+  aloft_close(h);
+}
+
+} // namespace
+} // namespace aloft
