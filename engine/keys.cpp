@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <dirent.h>
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -205,6 +206,18 @@ void remove_session_keys(const std::string& dir) {
     return;
   for (auto name : {"client", "client.pub", "host", "host.pub"})
     ::unlink((dir + "/" + name).c_str());
+  // Temporaries of a key generation that crashed.
+  if (DIR* d = ::opendir(dir.c_str())) {
+    std::vector<std::string> stale;
+    while (auto e = ::readdir(d)) {
+      std::string name = e->d_name;
+      if (name.size() > 1 && name[0] == '.' && name.find(".tmp-") != std::string::npos)
+        stale.push_back(dir + "/" + name);
+    }
+    ::closedir(d);
+    for (auto& path : stale)
+      ::unlink(path.c_str());
+  }
   ::rmdir(dir.c_str());
 }
 

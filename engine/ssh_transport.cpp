@@ -314,7 +314,7 @@ public:
 
   // Called on the I/O thread by tasks.
   void start_connect(ssh_endpoint ep, transport_factory::connect_callback done);
-  void start_exec(uint64_t conn_id, std::shared_ptr<chan> h);
+  void start_exec(uint64_t conn_id, std::shared_ptr<chan> h, const std::string& label);
   void write(uint64_t conn_id, const std::shared_ptr<chan>& h, std::string bytes);
   void close_stdin(uint64_t conn_id, const std::shared_ptr<chan>& h);
   void cancel(uint64_t conn_id, const std::shared_ptr<chan>& h);
@@ -390,8 +390,8 @@ class ssh_transport_handle final
     public std::enable_shared_from_this<ssh_transport_handle> {
 public:
   ssh_transport_handle(std::shared_ptr<ssh_loop_core> core, uint64_t id,
-                       std::shared_ptr<conn_flags> flags)
-    : core_(std::move(core)), id_(id), flags_(std::move(flags)) {}
+                       std::shared_ptr<conn_flags> flags, std::string label)
+    : core_(std::move(core)), id_(id), flags_(std::move(flags)), label_(std::move(label)) {}
 
   ~ssh_transport_handle() override { close(); }
 
@@ -402,11 +402,13 @@ public:
     h->command = std::move(command);
     h->cb = std::move(cb);
     auto handle = std::make_shared<ssh_channel_handle>(shared_from_this(), h);
-    if (!core_->post([core = core_, id = id_, h] { core->start_exec(id, h); })) {
+    if (!core_->post([core = core_, id = id_, h, label = label_] {
+          core->start_exec(id, h, label);
+        })) {
       auto on_exit = std::move(h->cb.on_exit);
       h->cb = {};
       if (on_exit)
-        on_exit(make_error(errc::cancelled, "ssh: the I/O loop has shut down"), -1);
+        on_exit(make_error(errc::cancelled, label_ + ": the I/O loop has shut down"), -1);
     }
     return handle;
   }
@@ -427,6 +429,7 @@ private:
   std::shared_ptr<ssh_loop_core> core_;
   uint64_t id_;
   std::shared_ptr<conn_flags> flags_;
+  std::string label_;
   std::atomic<bool> closed_{false};
 };
 
@@ -510,8 +513,12 @@ void ssh_loop_core::run() {
       polled.push_back(c.get());
     }
     int n = ::poll(pfds.data(), pfds.size(), timeout_ms);
-    if (n < 0 && errno != EINTR)
-      break; // cannot happen with valid arguments; stop rather than spin
+    if (n < 0 && errno != EINTR) {
+      // Cannot happen with valid arguments; stop (and refuse new work)
+      // rather than spin.
+      request_stop();
+      break;
+    }
     if (pfds[0].revents & POLLIN) {
       uint64_t counter;
       while (::read(wake_fd_, &counter, sizeof(counter)) > 0) {
@@ -682,6 +689,9 @@ void ssh_loop_core::start_tcp(conn& c) {
     }
     int one = 1;
     ::setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (opts_.socket_send_buffer > 0)
+      ::setsockopt(c.fd, SOL_SOCKET, SO_SNDBUF, &opts_.socket_send_buffer,
+                   sizeof(opts_.socket_send_buffer));
     // Notice a peer that vanished without a FIN within about a minute.
     ::setsockopt(c.fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
     int idle = 30, interval = 10, count = 3;
@@ -786,7 +796,7 @@ void ssh_loop_core::drive(conn& c) {
     auto done = std::move(c.done);
     c.done = nullptr;
     std::shared_ptr<transport> t
-      = std::make_shared<ssh_transport_handle>(shared_from_this(), c.id, c.flags);
+      = std::make_shared<ssh_transport_handle>(shared_from_this(), c.id, c.flags, c.label);
     if (done)
       done(std::move(t));
     return;
@@ -797,11 +807,12 @@ void ssh_loop_core::drive(conn& c) {
 
 // -- channels ---------------------------------------------------------------------
 
-void ssh_loop_core::start_exec(uint64_t conn_id, std::shared_ptr<chan> h) {
+void ssh_loop_core::start_exec(uint64_t conn_id, std::shared_ptr<chan> h,
+                               const std::string& label) {
   ++channel_count;
   auto c = find(conn_id);
   if (c == nullptr || c->state != conn_state::ready) {
-    finish(*h, make_error(errc::unavailable, "ssh: the connection is closed"), -1);
+    finish(*h, make_error(errc::unavailable, label + ": the connection is closed"), -1);
     return;
   }
   c->chans.push_back(std::move(h));
@@ -1147,8 +1158,10 @@ ssh_io_loop::~ssh_io_loop() {
 void ssh_io_loop::connect(const ssh_endpoint& ep, connect_callback done) {
   if (!core_->post([core = core_.get(), ep, done]() mutable {
         core->start_connect(std::move(ep), std::move(done));
-      }))
-    done(make_error(errc::cancelled, "ssh: the I/O loop has shut down"));
+      })
+      && done)
+    done(make_error(errc::cancelled, "ssh " + ep.host + ":" + std::to_string(ep.port)
+                                       + ": the I/O loop has shut down"));
 }
 
 std::thread::id ssh_io_loop::io_thread_id() const {

@@ -50,6 +50,9 @@ struct ssh_options {
   uint32_t window_size = 16u << 20;
   /// Size of each read from a channel.
   size_t read_chunk = 1u << 20;
+  /// SO_SNDBUF of each socket; 0 keeps the system's (auto-tuned) size.
+  /// Tests shrink it to force sends that block mid-packet.
+  int socket_send_buffer = 0;
   /// Where blocking DNS lookups run. Numeric addresses never block; with no
   /// executor, names are resolved on the I/O thread.
   std::shared_ptr<executor> resolver;

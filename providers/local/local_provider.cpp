@@ -16,11 +16,11 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <set>
 #include <sstream>
 #include <thread>
-#include <unordered_map>
 
 #include "engine/base/error.hpp"
 #include "engine/base/ids.hpp"
@@ -186,6 +186,7 @@ caf::error remove_tree(const std::string& path) {
 struct proc_stat {
   pid_t ppid = 0;
   char state = '?';
+  uint64_t start_time = 0; // clock ticks after boot: tells a reused pid apart
 };
 
 bool read_proc_stat(pid_t pid, proc_stat& out) {
@@ -199,7 +200,12 @@ bool read_proc_stat(pid_t pid, proc_stat& out) {
     return false;
   std::istringstream rest{text->substr(close + 2)};
   rest >> out.state >> out.ppid;
-  return true;
+  // Fields 5 to 21 lie between ppid and starttime (field 22).
+  std::string skip;
+  for (int i = 5; i <= 21; ++i)
+    rest >> skip;
+  rest >> out.start_time;
+  return static_cast<bool>(rest);
 }
 
 // Alive and not a zombie (a zombie whose parent does not reap it still
@@ -755,61 +761,77 @@ public:
   // descendants, anything started by its sshd (marked by ALOFT_SANDBOX in the
   // environment), anything whose working directory or command line is
   // inside it, and their descendants. Never this process or its ancestors.
-  std::vector<pid_t> sandbox_processes(const sandbox& sb, pid_t sshd_pid) const {
+  // Maps pid to start time.
+  std::map<pid_t, uint64_t> sandbox_processes(const sandbox& sb, pid_t sshd_pid) const {
     auto exclude = self_and_ancestors();
     auto env_entry = std::string{sandbox_env} + "=" + sb.dir;
     auto prefix = sb.dir + "/";
-    std::unordered_map<pid_t, pid_t> parent;
-    std::set<pid_t> members;
+    std::map<pid_t, proc_stat> live;
+    std::map<pid_t, uint64_t> members;
     for (auto pid : all_pids()) {
       proc_stat st;
       if (exclude.count(pid) || !read_proc_stat(pid, st) || st.state == 'Z'
           || st.state == 'X')
         continue;
-      parent[pid] = st.ppid;
+      live[pid] = st;
       if (pid == sshd_pid) {
-        members.insert(pid);
+        members[pid] = st.start_time;
         continue;
       }
       auto cwd = proc_cwd(pid);
       if (cwd == sb.dir || cwd.rfind(prefix, 0) == 0
           || proc_cmdline(pid).find(sb.dir) != std::string::npos
           || proc_environ_has(pid, env_entry))
-        members.insert(pid);
+        members[pid] = st.start_time;
     }
     for (bool grew = true; grew;) {
       grew = false;
-      for (auto& [pid, ppid] : parent)
-        if (!members.count(pid) && members.count(ppid) && !exclude.count(pid))
-          grew = members.insert(pid).second || grew;
+      for (auto& [pid, st] : live)
+        if (!members.count(pid) && members.count(st.ppid))
+          grew = members.emplace(pid, st.start_time).second || grew;
     }
-    return {members.begin(), members.end()};
+    return members;
   }
 
   // Signals the sandbox's processes: SIGTERM, then SIGKILL for those still
-  // alive after the stop timeout. Returns the pids that survived both.
+  // alive after the stop timeout. A process once found stays tracked until it
+  // is gone (sshd's per-connection processes stop being its descendants when
+  // the listener dies first). Returns the pids that survived both.
   std::vector<pid_t> stop_processes(const sandbox& sb, pid_t sshd_pid) const {
-    auto signal_all = [&](int sig) {
-      auto pids = sandbox_processes(sb, sshd_pid);
-      for (auto pid : pids)
-        ::kill(pid, sig);
-      return pids;
+    std::map<pid_t, uint64_t> tracked;
+    // Adds newly found processes (signalling them with `sig`), forgets the
+    // ones that are gone; returns whether any remain.
+    auto refresh = [&](int sig) {
+      for (auto& [pid, start] : sandbox_processes(sb, sshd_pid))
+        if (tracked.emplace(pid, start).second)
+          ::kill(pid, sig);
+      for (auto i = tracked.begin(); i != tracked.end();) {
+        proc_stat st;
+        bool same = read_proc_stat(i->first, st) && st.start_time == i->second
+                    && st.state != 'Z' && st.state != 'X';
+        i = same ? std::next(i) : tracked.erase(i);
+      }
+      return !tracked.empty();
     };
-    auto wait_gone = [&](std::chrono::milliseconds bound) {
+    auto wait_gone = [&](int sig, std::chrono::milliseconds bound) {
       auto deadline = steady::now() + bound;
-      for (;;) {
-        auto left = sandbox_processes(sb, sshd_pid);
-        if (left.empty() || steady::now() >= deadline)
-          return left;
+      while (refresh(sig)) {
+        if (steady::now() >= deadline)
+          return false;
         std::this_thread::sleep_for(poll_interval);
       }
+      return true;
     };
-    if (signal_all(SIGTERM).empty())
+    if (!refresh(SIGTERM) || wait_gone(SIGTERM, opts_.stop_timeout))
       return {};
-    if (wait_gone(opts_.stop_timeout).empty())
+    for (auto& [pid, start] : tracked)
+      ::kill(pid, SIGKILL);
+    if (wait_gone(SIGKILL, std::chrono::milliseconds(2000)))
       return {};
-    signal_all(SIGKILL);
-    return wait_gone(std::chrono::milliseconds(2000));
+    std::vector<pid_t> out;
+    for (auto& [pid, start] : tracked)
+      out.push_back(pid);
+    return out;
   }
 
   caf::error do_destroy(const std::string& vm_id) {

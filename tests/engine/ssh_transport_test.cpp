@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -14,6 +15,32 @@
 #include "engine/base/error.hpp"
 #include "engine/keys.hpp"
 #include "tests/support/local_vm.hpp"
+
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+// Fault injection: this definition of send(2) interposes libc's for libssh2
+// (the executable's symbols come first). When armed for a thread, every
+// other call fails with EAGAIN and the rest send only a few bytes, so every
+// kind of packet (open, exec, data, EOF, close, window adjust) is left
+// half-sent at some point and must be completed by the same libssh2 call.
+namespace {
+std::atomic<std::thread::id> chaos_thread{};
+std::atomic<uint64_t> chaos_calls{0};
+} // namespace
+
+extern "C" ssize_t send(int fd, const void* buf, size_t len, int flags) {
+  if (chaos_thread.load() == std::this_thread::get_id()) {
+    auto n = chaos_calls++;
+    if (n % 2 == 0) {
+      errno = EAGAIN;
+      return -1;
+    }
+    len = std::min<size_t>(len, 1 + n % 13);
+  }
+  return ::syscall(SYS_sendto, fd, buf, len, flags, nullptr, 0);
+}
 
 namespace aloft {
 namespace {
@@ -128,6 +155,98 @@ TEST_F(ssh_transport_test, stdin_streams_8_mib_and_back) {
   EXPECT_EQ(ch->bytes_in(), total);
   std::printf("[ measure ] 8 MiB through cat and back: %.1f ms, %.1f MB/s each way\n",
               elapsed_ms, total / 1e6 / (elapsed_ms / 1000));
+}
+
+// Several channels of one session push more stdin than the socket takes, to
+// readers that start late: sends block on a full socket mid-packet and must be
+// completed by the same call before any other channel sends (libssh2's rule),
+// including the EOF that follows each stream.
+TEST_F(ssh_transport_test, concurrent_uploads_to_slow_readers_complete) {
+  ssh_options opts;
+  opts.socket_send_buffer = 4096; // the kernel doubles it; still far below a packet
+  loop_ = std::make_unique<ssh_io_loop>(opts);
+  auto t = connect_ok();
+  ASSERT_TRUE(t);
+  constexpr int channels = 4;
+  constexpr size_t total = 2u << 20;
+  auto outs = std::make_shared<std::array<test::slot<std::string>, channels>>();
+  auto exits = std::make_shared<std::array<test::slot<std::pair<caf::error, int>>, channels>>();
+  std::vector<std::shared_ptr<channel>> chans;
+  for (int i = 0; i < channels; ++i) {
+    exec_callbacks cb;
+    auto acc = std::make_shared<std::string>();
+    cb.on_stdout = [acc](std::string_view s) { acc->append(s); };
+    cb.on_exit = [outs, exits, acc, i](const caf::error& err, int code) {
+      (*outs)[i].set(*acc);
+      (*exits)[i].set({err, code});
+    };
+    chans.push_back(t->exec("sleep 0.3; wc -c", std::move(cb)));
+  }
+  std::string chunk(64u << 10, 'y');
+  for (size_t off = 0; off < total; off += chunk.size())
+    for (auto& ch : chans)
+      ch->write(chunk);
+  for (auto& ch : chans)
+    ch->close_stdin();
+  for (int i = 0; i < channels; ++i) {
+    auto exit = (*exits)[i].take(60s);
+    ASSERT_TRUE(exit) << "channel " << i;
+    EXPECT_FALSE(exit->first) << describe(exit->first);
+    EXPECT_EQ(exit->second, 0);
+    auto out = (*outs)[i].take(1s);
+    ASSERT_TRUE(out);
+    EXPECT_EQ(*out, std::to_string(total) + "\n");
+  }
+}
+
+// Every send is cut short or refused (see `send` above), from the handshake
+// on: the loop must finish each half-sent packet with the same call before
+// anything else is sent, for every kind of packet, on concurrent channels.
+TEST_F(ssh_transport_test, sends_cut_short_anywhere_are_completed_in_order) {
+  chaos_thread = loop_->io_thread_id();
+  struct reset {
+    ~reset() { chaos_thread = std::thread::id{}; }
+  } reset_chaos;
+  auto t = connect_ok();
+  ASSERT_TRUE(t);
+  constexpr int channels = 5;
+  constexpr size_t total = 64u << 10;
+  auto exits = std::make_shared<std::array<test::slot<std::string>, channels>>();
+  std::vector<std::shared_ptr<channel>> chans;
+  for (int i = 0; i < channels; ++i) {
+    auto acc = std::make_shared<std::string>();
+    exec_callbacks cb;
+    cb.on_stdout = [acc](std::string_view s) { acc->append(s); };
+    cb.on_exit = [exits, acc, i](const caf::error& err, int code) {
+      (*exits)[i].set(err ? describe(err) : *acc + "exit " + std::to_string(code));
+    };
+    chans.push_back(t->exec("wc -c", std::move(cb)));
+  }
+  // A download larger than the receive window, so that window adjustments
+  // (sent from inside reads) are cut short too.
+  constexpr size_t down = 40u << 20;
+  auto got = std::make_shared<std::atomic<size_t>>(0);
+  auto down_exit = std::make_shared<test::slot<std::pair<caf::error, int>>>();
+  exec_callbacks dcb;
+  dcb.on_stdout = [got](std::string_view s) { *got += s.size(); };
+  dcb.on_exit = [down_exit](const caf::error& err, int code) { down_exit->set({err, code}); };
+  auto dch = t->exec("head -c " + std::to_string(down) + " /dev/zero", std::move(dcb));
+  std::string chunk(8u << 10, 'z');
+  for (size_t off = 0; off < total; off += chunk.size())
+    for (auto& ch : chans)
+      ch->write(chunk);
+  for (auto& ch : chans)
+    ch->close_stdin();
+  for (int i = 0; i < channels; ++i) {
+    auto r = (*exits)[i].take(60s);
+    ASSERT_TRUE(r) << "channel " << i;
+    EXPECT_EQ(*r, std::to_string(total) + "\nexit 0");
+  }
+  auto d = down_exit->take(60s);
+  ASSERT_TRUE(d);
+  EXPECT_FALSE(d->first) << describe(d->first);
+  EXPECT_EQ(got->load(), down);
+  EXPECT_GT(chaos_calls.load(), 1000u);
 }
 
 // Not a timing assertion: prints one-way stream rates (from the first byte,
