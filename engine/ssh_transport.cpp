@@ -840,13 +840,14 @@ void ssh_loop_core::cancel(uint64_t conn_id, const std::shared_ptr<chan>& h) {
   if (h->exited)
     return;
   h->cancelled = true;
-  finish(*h, make_error(errc::cancelled, "ssh: command cancelled"), -1);
-  if (auto c = find(conn_id)) {
-    // The close itself (and the freeing) happens in the pump.
-    if (h->state == chan_state::running)
-      h->state = chan_state::closing;
+  auto c = find(conn_id);
+  finish(*h, make_error(errc::cancelled, (c ? c->label : std::string{"ssh"})
+                                           + ": command cancelled"),
+         -1);
+  // The close (and the freeing) happens in the pump, after any send of this
+  // channel that is half done.
+  if (c != nullptr)
     c->dirty = true;
-  }
 }
 
 void ssh_loop_core::close_conn(uint64_t conn_id) {
@@ -865,7 +866,6 @@ void ssh_loop_core::finish(chan& h, const caf::error& err, int exit_code) {
   --channel_count;
   auto cb = std::move(h.cb);
   h.cb = {};
-  h.input.clear();
   if (cb.on_exit)
     cb.on_exit(err, exit_code);
 }
@@ -964,6 +964,7 @@ ssh_loop_core::step_result ssh_loop_core::step(conn& c, chan& h) {
       return step_result::failed;
     }
     finish(h, err, -1);
+    h.input.clear();
     h.state = h.ch != nullptr ? chan_state::closing : chan_state::done;
     return step_result::progressed;
   };
@@ -1022,13 +1023,16 @@ ssh_loop_core::step_result ssh_loop_core::step(conn& c, chan& h) {
       [[fallthrough]];
     case chan_state::running: {
       // The op that blocked on output goes first (see the top of the file).
+      // A cancelled channel only completes that op, then closes.
       chan_op order[3] = {chan_op::write, chan_op::eof, chan_op::read};
       if (h.pending == chan_op::eof)
         order[0] = chan_op::eof, order[1] = chan_op::write;
       else if (h.pending == chan_op::read)
         order[0] = chan_op::read, order[1] = chan_op::write, order[2] = chan_op::eof;
+      size_t ops = h.cancelled ? (h.pending == chan_op::none ? 0 : 1) : 3;
       h.pending = chan_op::none;
-      for (auto op : order) {
+      for (size_t k = 0; k < ops; ++k) {
+        auto op = order[k];
         if (op == chan_op::write) {
           while (!h.input.empty()) {
             auto& front = h.input.front();
@@ -1092,11 +1096,12 @@ ssh_loop_core::step_result ssh_loop_core::step(conn& c, chan& h) {
           }
         }
       }
-      if (!libssh2_channel_eof(h.ch))
+      if (!h.cancelled && !libssh2_channel_eof(h.ch))
         return progress ? step_result::progressed : step_result::idle;
-      // The command closed its output; its exit status follows with the
-      // server's close.
+      // Cancelled, or the command closed its output (its exit status
+      // follows with the server's close).
       h.state = chan_state::closing;
+      h.input.clear();
       progress = true;
     }
       [[fallthrough]];

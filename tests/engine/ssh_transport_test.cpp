@@ -231,12 +231,25 @@ TEST_F(ssh_transport_test, sends_cut_short_anywhere_are_completed_in_order) {
   dcb.on_stdout = [got](std::string_view s) { *got += s.size(); };
   dcb.on_exit = [down_exit](const caf::error& err, int code) { down_exit->set({err, code}); };
   auto dch = t->exec("head -c " + std::to_string(down) + " /dev/zero", std::move(dcb));
+  // And an upload cancelled while its sends are cut short: the half-sent
+  // packet must still be finished before the channel's close is sent.
+  auto cancelled = std::make_shared<test::slot<caf::error>>();
+  exec_callbacks ccb;
+  ccb.on_exit = [cancelled](const caf::error& err, int) { cancelled->set(err); };
+  auto cch = t->exec("cat >/dev/null", std::move(ccb));
   std::string chunk(8u << 10, 'z');
-  for (size_t off = 0; off < total; off += chunk.size())
+  for (size_t off = 0; off < total; off += chunk.size()) {
     for (auto& ch : chans)
       ch->write(chunk);
+    cch->write(chunk);
+  }
+  ASSERT_TRUE(test::wait_until([&] { return cch->bytes_out() >= total / 4; }, 30000ms));
+  cch->cancel();
   for (auto& ch : chans)
     ch->close_stdin();
+  auto c = cancelled->take(60s);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(code_of(*c), errc::cancelled);
   for (int i = 0; i < channels; ++i) {
     auto r = (*exits)[i].take(60s);
     ASSERT_TRUE(r) << "channel " << i;
