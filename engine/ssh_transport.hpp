@@ -29,6 +29,19 @@
 //
 // Stdin written with `channel::write` is queued without a bound; callers that
 // stream large inputs pace themselves with `bytes_out()`.
+//
+// A session with no channel reads nothing (libssh2 reads only on behalf of a
+// channel); it only watches for the server hanging up, and TCP keepalives
+// notice a server that vanished. So servers must not rely on the client
+// answering their own keepalive probes (sshd's ClientAliveInterval) while a
+// session is idle.
+//
+// Cancelling a channel closes it; sshd then closes the command's pipes, but
+// libssh2 1.10 cannot send a signal, so a command that neither reads nor
+// writes (`sleep`) runs on until it ends by itself.
+//
+// A session's exec cost is mostly the remote login shell's start-up: sshd
+// runs every command through the user's shell and rc files.
 #pragma once
 
 #include <chrono>

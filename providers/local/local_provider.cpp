@@ -605,6 +605,12 @@ public:
         || opts_.sandboxes_dir.find_first_of("\"\n") != std::string::npos)
       return fail(make_error(errc::invalid_argument,
                              "sandboxes_dir must be an absolute path without quotes"));
+    if (opts_.sshd_path.empty() || opts_.sshd_path[0] != '/'
+        || ::access(opts_.sshd_path.c_str(), X_OK) != 0)
+      return fail(make_error(errc::failed_precondition,
+                             "no executable sshd at '" + opts_.sshd_path
+                               + "' (an absolute path is required; install "
+                                 "openssh-server)"));
     if (auto err = make_dirs(opts_.sandboxes_dir, 0700))
       return fail(err);
     ::chmod(opts_.sandboxes_dir.c_str(), 0700);

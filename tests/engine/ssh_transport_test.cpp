@@ -16,6 +16,8 @@
 #include "engine/keys.hpp"
 #include "tests/support/local_vm.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -436,6 +438,32 @@ TEST_F(ssh_transport_test, refused_port_is_unavailable) {
   ASSERT_FALSE(t);
   EXPECT_EQ(code_of(t.error()), errc::unavailable) << describe(t.error());
   EXPECT_NE(message_of(t.error()).find("ssh 127.0.0.1:1"), std::string::npos);
+}
+
+TEST_F(ssh_transport_test, a_server_that_never_answers_times_out) {
+  // A listener that never accepts: the kernel completes the TCP handshake,
+  // and no SSH banner ever comes.
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(fd, 4), 0);
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  ssh_options opts;
+  opts.connect_timeout = 300ms;
+  loop_ = std::make_unique<ssh_io_loop>(opts);
+  auto ep = vm_->endpoint();
+  ep.port = ntohs(addr.sin_port);
+  auto t0 = steady::now();
+  auto t = test::connect(*loop_, ep);
+  ::close(fd);
+  ASSERT_FALSE(t);
+  EXPECT_EQ(code_of(t.error()), errc::deadline_exceeded) << describe(t.error());
+  EXPECT_GE(ms_since(t0), 250);
+  EXPECT_EQ(loop_->session_count(), 0u);
 }
 
 TEST_F(ssh_transport_test, killing_sshd_mid_channel_ends_it_unavailable) {

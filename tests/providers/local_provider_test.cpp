@@ -2,10 +2,14 @@
 // sandboxes under a temporary directory and destroys them.
 #include "providers/local/local_provider.hpp"
 
+#include <grp.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -345,6 +349,98 @@ TEST_F(local_provider_test, provider_dropped_with_work_queued_does_not_make_the_
   auto r = done->take();
   ASSERT_TRUE(r);
   EXPECT_TRUE(*r);
+}
+
+// The engine may run as any user: sshd then runs unprivileged and can log in
+// only as that user. Run the whole flow in a child that became another user.
+TEST_F(local_provider_test, login_works_for_a_non_root_user) {
+  if (::geteuid() != 0)
+    GTEST_SKIP() << "needs root to become another user";
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::string name;
+  ::setpwent();
+  while (auto pw = ::getpwent()) {
+    std::string shell = pw->pw_shell ? pw->pw_shell : "";
+    if (pw->pw_uid != 0 && (shell == "/bin/bash" || shell == "/bin/sh")
+        && ::access(shell.c_str(), X_OK) == 0) {
+      uid = pw->pw_uid;
+      gid = pw->pw_gid;
+      name = pw->pw_name;
+      break;
+    }
+  }
+  ::endpwent();
+  if (name.empty())
+    GTEST_SKIP() << "no non-root user with a login shell";
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0)
+      ::_exit(10);
+    char root[] = "/tmp/aloft-nonroot-XXXXXX";
+    if (::mkdtemp(root) == nullptr)
+      ::_exit(11);
+    int code = 0;
+    {
+      auto keys = make_session_keys(std::string{root} + "/keys");
+      local_provider_options opts;
+      opts.sandboxes_dir = std::string{root} + "/sandboxes";
+      opts.exec = std::make_shared<inline_executor>();
+      auto prov = make_local_provider(opts);
+      vm_request req;
+      req.installation_id = "i-nonroot";
+      req.session_id = make_session_id();
+      req.idempotency_key = make_idempotency_key();
+      if (keys) {
+        req.client_public_key = keys->client_public_key;
+        req.host_private_key = keys->host_private_key;
+        req.host_public_key = keys->host_public_key;
+      }
+      caf::expected<vm_info> vm = make_error(errc::unknown, "not run");
+      prov->create(req, [&](caf::expected<vm_info> x) { vm = std::move(x); });
+      if (vm)
+        prov->wait_ready(vm->vm_id, [&](caf::expected<vm_info> x) { vm = std::move(x); });
+      if (!keys || !vm) {
+        std::fprintf(stderr, "non-root create: %s\n",
+                     describe(keys ? vm.error() : keys.error()).c_str());
+        code = 12;
+      } else {
+        ssh_io_loop loop;
+        auto t = test::connect(loop, {vm->host, vm->port, vm->user, keys->client_key_path,
+                                      keys->host_public_key});
+        auto r = t ? test::run(**t, "id -un") : std::nullopt;
+        if (!t)
+          std::fprintf(stderr, "non-root connect: %s\n", describe(t.error()).c_str());
+        if (!r || r->out != name + "\n" || vm->user != name)
+          code = 13;
+      }
+      if (vm)
+        prov->destroy(vm->vm_id, [&](caf::error err) {
+          if (err)
+            code = 14;
+        });
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(root, ec);
+    ::_exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "as user " << name;
+}
+
+TEST_F(local_provider_test, create_without_sshd_says_so) {
+  local_provider_options opts;
+  opts.sandboxes_dir = sandboxes();
+  opts.exec = pool_;
+  opts.sshd_path = "/nonexistent/sshd";
+  auto prov = make_local_provider(opts);
+  auto vm = test::await<vm_info>([&](auto cb) { prov->create(request(), cb); });
+  ASSERT_FALSE(vm);
+  EXPECT_EQ(code_of(vm.error()), errc::failed_precondition);
+  EXPECT_NE(message_of(vm.error()).find("/nonexistent/sshd"), std::string::npos);
 }
 
 TEST_F(local_provider_test, create_rejects_malformed_requests) {
