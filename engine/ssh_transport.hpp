@@ -36,6 +36,10 @@
 // answering their own keepalive probes (sshd's ClientAliveInterval) while a
 // session is idle.
 //
+// A command killed by a signal exits with 128 + the signal's number, as in a
+// shell; `on_exit` carries an error only when the channel or the connection
+// failed (`unavailable`), or on cancel/close/shutdown (`cancelled`).
+//
 // Cancelling a channel closes it; sshd then closes the command's pipes, but
 // libssh2 1.10 cannot send a signal, so a command that neither reads nor
 // writes (`sleep`) runs on until it ends by itself.
