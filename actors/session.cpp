@@ -341,6 +341,8 @@ private:
   }
 
   void watch_agent() {
+    if (agent_done())
+      catching_up_ = false;
     arm_watchdog();
     if (!transport_ || agent_done())
       return;
@@ -433,6 +435,13 @@ private:
     auto p = parse_agent_probe(line);
     if (!p)
       return;
+    if (catching_up_) {
+      catching_up_ = false;
+      // Output written while the engine was away is activity.
+      if (p->log_size > rec_.log_offset)
+        activity("output");
+      arm_watchdog();
+    }
     if (p->terminal_activity > last_terminal_activity_) {
       if (last_terminal_activity_ != 0)
         activity("terminal");
@@ -540,7 +549,10 @@ private:
     if (rec_.state != session_state::running)
       return;
     watchdog_input in;
-    in.idle_deadline = rec_.idle_deadline;
+    // Until the first look at the VM after a restart, only the hard deadline
+    // counts: the engine cannot know whether the agent was busy while it was
+    // away, and the idle window must measure observed inactivity.
+    in.idle_deadline = catching_up_ ? 0 : rec_.idle_deadline;
     in.hard_deadline = rec_.hard_deadline;
     in.hard_warning_ms = env_->hard_warning_ms;
     in.auto_destroy = rec_.auto_destroy;
@@ -723,6 +735,7 @@ private:
         return;
       case session_state::booting:
       case session_state::running:
+        catching_up_ = env_->transports != nullptr;
         if (rec_.hard_deadline > 0 && now >= rec_.hard_deadline) {
           finish("hard timeout reached while the engine was away", session_state::destroyed,
                  nullptr);
@@ -819,6 +832,7 @@ private:
   uint64_t last_cpu_ticks_ = 0;
   bool have_cpu_ = false;
   bool idle_reported_ = false;
+  bool catching_up_ = false; // rehydrated; the VM not looked at yet
   int64_t persisted_idle_deadline_ = 0;
   bool create_in_flight_ = false;
   bool finishing_ = false;

@@ -57,6 +57,9 @@ std::string agent_launch_command(const std::string& workdir) {
       << "if command -v tmux > /dev/null 2>&1; then "
       << "tmux -S \"$S/tmux.sock\" new-session -d -s aloft -x 160 -y 48 "
       << shell_quote("ALOFT_TMUX=1 exec sh " + shell_quote(run)) << " || exit 1; "
+      // Keep the terminal after the agent exits, so attach still shows how
+      // it ended; destroy ends the tmux server.
+      << "tmux -S \"$S/tmux.sock\" set-option -t aloft remain-on-exit on > /dev/null 2>&1; "
       << "else setsid sh \"$S/run.sh\" < /dev/null > /dev/null 2>&1 & fi; "
       << "touch \"$S/started\"; echo started";
   return cmd.str();

@@ -1,0 +1,303 @@
+// End to end with the real `aloft` binary, the real daemon, RocksDB, sshd and
+// tmux: a session survives `kill -9` of its daemon, its log continues with no
+// loss and no duplicate, the idle timeout destroys the VM and nothing is left
+// behind; `aloft attach` types into the agent's terminal; a corrupt record is
+// quarantined while the others load.
+#include <csignal>
+#include <cstdio>
+#include <fcntl.h>
+#include <fstream>
+#include <glob.h>
+#include <poll.h>
+#include <pty.h>
+#include <sstream>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include "engine/app/engine_impl.hpp"
+#include "engine/base/json.hpp"
+#include "engine/session_record.hpp"
+#include "persistence/store.hpp"
+#include "tests/support/fake_provider.hpp"
+#include "tests/support/local_vm.hpp"
+
+namespace aloft {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Polls a condition on real processes every 50 ms until it holds or the bound
+// passes (each poll may spawn the CLI, so not every millisecond).
+bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds bound) {
+  auto until = std::chrono::steady_clock::now() + bound;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > until)
+      return false;
+    std::this_thread::sleep_for(50ms);
+  }
+  return true;
+}
+
+const std::string aloft_bin = std::string{ALOFT_BINARY_DIR} + "/aloft";
+
+std::string read_file(const std::string& path) {
+  std::ifstream in{path, std::ios::binary};
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Runs `aloft --home H args...` to completion; returns its stdout.
+std::string cli(const std::string& home, std::vector<std::string> args, int* rc = nullptr) {
+  int out[2];
+  EXPECT_EQ(::pipe(out), 0);
+  auto pid = ::fork();
+  if (pid == 0) {
+    ::dup2(out[1], 1);
+    ::close(out[0]);
+    ::close(out[1]);
+    std::vector<std::string> all = {aloft_bin, "--home", home};
+    all.insert(all.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : all)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(aloft_bin.c_str(), argv.data());
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  std::string text;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(out[0], buf, sizeof(buf))) > 0)
+    text.append(buf, static_cast<size_t>(n));
+  ::close(out[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (rc)
+    *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return text;
+}
+
+pid_t start_daemon(const std::string& home) {
+  auto pid = ::fork();
+  if (pid == 0) {
+    int devnull = ::open("/dev/null", O_WRONLY);
+    ::dup2(devnull, 1);
+    ::dup2(devnull, 2);
+    ::execl(aloft_bin.c_str(), aloft_bin.c_str(), "serve", "--home", home.c_str(),
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  // Ready once the CLI gets an answer.
+  EXPECT_TRUE(eventually([&] {
+    int rc = -1;
+    cli(home, {"ls"}, &rc);
+    return rc == 0;
+  }, 20s)) << "daemon did not answer";
+  return pid;
+}
+
+void stop_daemon(pid_t pid, int sig) {
+  ::kill(pid, sig);
+  int status;
+  ::waitpid(pid, &status, 0);
+}
+
+// Whatever a test leaves running under its home (a daemon after a failed
+// assertion, a sandbox's sshd and agent) is ended when the test ends.
+struct reaper {
+  std::string home;
+  pid_t* daemon;
+  ~reaper() {
+    if (*daemon > 0) {
+      ::kill(*daemon, SIGKILL);
+      ::waitpid(*daemon, nullptr, 0);
+    }
+    for (auto pid : test::processes_matching(home))
+      ::kill(pid, SIGKILL);
+  }
+};
+
+json show(const std::string& home, const std::string& id) {
+  auto j = json::parse(cli(home, {"--json", "show", id}));
+  return j ? j->find("session") ? *j->find("session") : json{} : json{};
+}
+
+std::string state_of(const std::string& home, const std::string& id) {
+  return show(home, id).get_string("state");
+}
+
+std::string vm_log(const std::string& home) {
+  glob_t g;
+  std::string out;
+  if (::glob((home + "/sandboxes/*/aloft/agent.log").c_str(), 0, nullptr, &g) == 0) {
+    if (g.gl_pathc > 0)
+      out = read_file(g.gl_pathv[0]);
+    ::globfree(&g);
+  }
+  return out;
+}
+
+std::string launch(const std::string& home, const std::string& agent, const std::string& wt,
+                   const std::string& idle) {
+  auto j = json::parse(cli(home, {"--json", "launch", "--agent", agent, "--worktree", wt,
+                                  "--idle-timeout", idle}));
+  EXPECT_TRUE(j);
+  return j ? j->get_string("id") : std::string{};
+}
+
+TEST(end_to_end, kill_9_restart_resumes_the_log_then_idle_timeout_destroys) {
+  test::temp_dir home;
+  test::temp_dir wt;
+  pid_t daemon = start_daemon(home.path());
+  reaper cleanup{home.path(), &daemon};
+  std::string expected;
+  for (int i = 0; i < 16; ++i)
+    expected += "line " + std::to_string(i) + "\n";
+  auto id = launch(home.path(),
+                   "i=0; while [ $i -lt 16 ]; do echo line $i; i=$((i+1)); sleep 0.4; done",
+                   wt.path(), "3");
+  ASSERT_FALSE(id.empty());
+  auto local_log = home.path() + "/logs/" + id + ".log";
+  ASSERT_TRUE(eventually(
+    [&] { return read_file(local_log).find("line 2\n") != std::string::npos; }, 30s));
+  EXPECT_EQ(state_of(home.path(), id), "running");
+
+  stop_daemon(daemon, SIGKILL);
+  daemon = -1;
+  // The agent goes on without the engine.
+  ASSERT_TRUE(eventually(
+    [&] { return vm_log(home.path()).find("line 8\n") != std::string::npos; }, 30s));
+  daemon = start_daemon(home.path());
+  EXPECT_EQ(state_of(home.path(), id), "running");
+
+  ASSERT_TRUE(eventually([&] { return state_of(home.path(), id) == "destroyed"; },
+                               60s));
+  auto rec = show(home.path(), id);
+  EXPECT_EQ(rec.get_string("agent_status"), "exited");
+  EXPECT_NE(rec.get_string("reason").find("idle timeout"), std::string::npos);
+  EXPECT_EQ(read_file(local_log), expected) << "lines lost or repeated across the restart";
+  EXPECT_TRUE(test::processes_matching(home.path() + "/sandboxes").empty())
+    << "an sshd or agent of the sandbox is still running";
+  glob_t g;
+  EXPECT_NE(::glob((home.path() + "/sandboxes/*").c_str(), 0, nullptr, &g), 0)
+    << "a sandbox directory remains";
+  stop_daemon(daemon, SIGTERM);
+  daemon = -1;
+}
+
+// Reads from `fd` until `needle` shows up or the bound passes.
+bool read_until(int fd, const std::string& needle, std::string& seen,
+                std::chrono::milliseconds bound) {
+  auto until = std::chrono::steady_clock::now() + bound;
+  while (seen.find(needle) == std::string::npos) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      until - std::chrono::steady_clock::now());
+    if (left.count() <= 0)
+      return false;
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(left.count())) <= 0)
+      continue;
+    char buf[4096];
+    auto n = ::read(fd, buf, sizeof(buf));
+    if (n <= 0)
+      return false;
+    seen.append(buf, static_cast<size_t>(n));
+  }
+  return true;
+}
+
+TEST(end_to_end, attach_types_into_the_agent_terminal_and_detach_leaves_it_running) {
+  test::temp_dir home;
+  test::temp_dir wt;
+  pid_t daemon = start_daemon(home.path());
+  reaper cleanup{home.path(), &daemon};
+  auto id = launch(home.path(), "while read l; do echo got:$l; done", wt.path(), "600");
+  ASSERT_TRUE(eventually([&] { return state_of(home.path(), id) == "running"; }, 30s));
+  int master = -1;
+  winsize ws{40, 120, 0, 0};
+  auto pid = ::forkpty(&master, nullptr, nullptr, &ws);
+  if (pid == 0) {
+    ::execl(aloft_bin.c_str(), aloft_bin.c_str(), "--home", home.path().c_str(), "attach",
+            id.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ASSERT_GT(pid, 0);
+  std::string seen;
+  // Type only once tmux has drawn its status line: before that the local
+  // terminal is still in cooked mode and would swallow the detach key.
+  ASSERT_TRUE(read_until(master, "[aloft]", seen, 30s)) << seen;
+  ASSERT_TRUE(eventually([&] {
+    ::write(master, "ping\r", 5);
+    return read_until(master, "got:ping", seen, 1000ms);
+  }, 30s)) << seen;
+  // Detach with tmux's prefix and `d`: the CLI ends, the agent goes on.
+  // tmux takes keys that arrive within a millisecond of each other for a
+  // paste and runs no binding: send the prefix and the key apart, as a person
+  // types them.
+  read_until(master, "\x01never", seen, 300ms);
+  ::write(master, "\x02", 1);
+  read_until(master, "\x01never", seen, 300ms);
+  ::write(master, "d", 1);
+  int status = 0;
+  // Keep draining the terminal: a client blocked on a full pty cannot exit.
+  std::string after;
+  ASSERT_TRUE(eventually([&] {
+    read_until(master, "\x01never", after, 10ms);
+    return ::waitpid(pid, &status, WNOHANG) == pid;
+  }, 20s)) << after;
+  ::close(master);
+  auto rec = show(home.path(), id);
+  EXPECT_EQ(rec.get_string("state"), "running");
+  EXPECT_EQ(rec.get_string("agent_status"), "running");
+  EXPECT_EQ(cli(home.path(), {"destroy", id}).empty(), false);
+  ASSERT_TRUE(eventually([&] { return state_of(home.path(), id) == "destroyed"; },
+                               30s));
+  stop_daemon(daemon, SIGTERM);
+  daemon = -1;
+}
+
+TEST(end_to_end, a_corrupt_record_is_quarantined_and_the_others_load) {
+  test::temp_dir home;
+  session_record good;
+  good.id = "s-00000000000a";
+  good.account = "fake";
+  good.state = session_state::destroyed;
+  {
+    auto db = open_rocksdb_store(home.path() + "/store");
+    ASSERT_TRUE(db);
+    ASSERT_FALSE((*db)->commit_and_wait({{family::sessions, good.id, encode_session_record(good)},
+                                         {family::sessions, "s-00000000000b", "{not json"}}));
+  }
+  engine_options opts;
+  opts.home = home.path();
+  engine_overrides ov;
+  account acct;
+  acct.name = "fake";
+  acct.provider = "fake";
+  ov.accounts.emplace_back(acct, std::make_shared<testing::fake_provider>());
+  ov.no_agent = true;
+  auto e = open_engine_with(opts, ov);
+  ASSERT_TRUE(e);
+  auto all = (*e)->list();
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].id, good.id);
+  ASSERT_TRUE(eventually([&] {
+    for (auto& ev : (*e)->events(100))
+      if (ev.kind == "quarantine" && ev.session == "s-00000000000b")
+        return true;
+    return false;
+  }, 10s));
+  e->reset();
+  auto db = open_rocksdb_store(home.path() + "/store");
+  ASSERT_TRUE(db);
+  EXPECT_TRUE((*db)->get(family::quarantine, "s-00000000000b"));
+  EXPECT_FALSE((*db)->get(family::sessions, "s-00000000000b"));
+}
+
+} // namespace
+} // namespace aloft
