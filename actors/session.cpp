@@ -7,6 +7,7 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
+#include <caf/message_handler.hpp>
 #include <caf/response_promise.hpp>
 #include <caf/send.hpp>
 
@@ -51,8 +52,52 @@ public:
   caf::behavior make_behavior() override {
     watchdog_ = spawn_watchdog(system(), caf::actor_cast<caf::actor>(this), env_->clock);
     link_to(watchdog_);
-    return {
+    // What every state answers; a state's own behavior comes first and
+    // overrides these.
+    common_ = caf::message_handler{
       [=](actor_task& t) { t.fn(); },
+      [=](rehydrate_atom) { rehydrate(); },
+      [=](get_atom) { return rec_; },
+      [=](extend_atom, int64_t seconds) -> caf::result<session_record> {
+        return extend(seconds);
+      },
+      [=](stop_atom) -> caf::result<done_atom> {
+        return make_error(errc::failed_precondition,
+                          "session " + rec_.id + " has no running agent (state "
+                            + to_string(rec_.state) + ")");
+      },
+      [=](destroy_atom) -> caf::result<done_atom> {
+        if (is_terminal(rec_.state) && rec_.state != session_state::lost)
+          return make_error(errc::failed_precondition,
+                            "session " + rec_.id + " is already " + to_string(rec_.state));
+        auto rp = make_response_promise();
+        finish("destroyed on request", session_state::destroyed,
+               [rp]() mutable { rp.deliver(done_atom::value); });
+        return rp;
+      },
+      // Only a running session has an agent whose activity counts and a
+      // watchdog whose verdicts apply.
+      [=](activity_atom, const std::string&) {},
+      [=](timeout_atom, watchdog_action) {},
+    };
+    return behavior_for(rec_.state);
+  }
+
+private:
+  // -- named behaviors, one per state ---------------------------------------
+
+  caf::behavior behavior_for(session_state s) {
+    switch (s) {
+      case session_state::pending: return pending_();
+      case session_state::running: return running_();
+      case session_state::stopping: return stopping_();
+      default: return caf::behavior{common_};
+    }
+  }
+
+  // Waits for the first durable write of the record.
+  caf::behavior pending_() {
+    return caf::message_handler{
       [=](launch_atom) -> caf::result<session_record> {
         auto rp = make_response_promise();
         persist([=]() mutable {
@@ -62,29 +107,26 @@ public:
         });
         return rp;
       },
-      [=](rehydrate_atom) { rehydrate(); },
-      [=](get_atom) { return rec_; },
-      [=](stop_atom) -> caf::result<done_atom> { return stop_agent(); },
-      [=](destroy_atom) -> caf::result<done_atom> {
-        if (rec_.state == session_state::stopping)
-          return done_atom::value;
-        if (is_terminal(rec_.state) && rec_.state != session_state::lost)
-          return make_error(errc::failed_precondition,
-                            "session " + rec_.id + " is already " + to_string(rec_.state));
-        auto rp = make_response_promise();
-        finish("destroyed on request", session_state::destroyed,
-               [rp]() mutable { rp.deliver(done_atom::value); });
-        return rp;
-      },
-      [=](extend_atom, int64_t seconds) -> caf::result<session_record> {
-        return extend(seconds);
-      },
-      [=](activity_atom, const std::string& source) { activity(source); },
-      [=](timeout_atom, watchdog_action action) { on_watchdog(action); },
-    };
+    }.or_else(common_);
   }
 
-private:
+  // The agent runs: its activity pushes the idle deadline, the watchdog's
+  // verdicts apply, and it can be stopped.
+  caf::behavior running_() {
+    return caf::message_handler{
+      [=](stop_atom) -> caf::result<done_atom> { return stop_agent(); },
+      [=](activity_atom, const std::string& source) { activity(source); },
+      [=](timeout_atom, watchdog_action action) { on_watchdog(action); },
+    }.or_else(common_);
+  }
+
+  // Waits for the provider to confirm the VM is gone.
+  caf::behavior stopping_() {
+    return caf::message_handler{
+      [=](destroy_atom) -> caf::result<done_atom> { return done_atom::value; },
+    }.or_else(common_);
+  }
+
   // -- persistence and events ----------------------------------------------
 
   // Writes the record durably, then runs `then` inside the actor. A failed
@@ -115,6 +157,7 @@ private:
       return;
     }
     rec_.state = to;
+    become(behavior_for(to));
     if (!reason.empty())
       rec_.reason = reason;
     ++rec_.transitions;
@@ -474,7 +517,7 @@ private:
   }
 
   caf::result<done_atom> stop_agent() {
-    if (rec_.state != session_state::running || !transport_)
+    if (!transport_)
       return make_error(errc::failed_precondition,
                         "session " + rec_.id + " has no running agent (state "
                           + to_string(rec_.state) + ")");
@@ -821,6 +864,7 @@ private:
   caf::actor account_;
   std::shared_ptr<const session_env> env_;
   caf::actor watchdog_;
+  caf::message_handler common_;
   session_keys keys_;
   std::shared_ptr<transport> transport_;
   std::shared_ptr<channel> tail_;

@@ -59,7 +59,7 @@ const std::vector<command_spec>& commands() {
      {
        {"--agent", nullptr, "CMD", "the agent's command line (required)"},
        {"--account", nullptr, "NAME", "the provider account (default: local)"},
-       {"--worktree", nullptr, "PATH", "the git worktree to sync up (default: .)"},
+       {"--worktree", nullptr, "PATH", "the local worktree of the session (default: .)"},
        {"--idle-timeout", nullptr, "S",
         "idle window before auto-destroy (90s, 30m, 2h or seconds)"},
        {"--hard-timeout", nullptr, "S", "maximum lifetime of the VM"},
@@ -67,8 +67,8 @@ const std::vector<command_spec>& commands() {
         "warn instead of destroying when idle"},
      },
      "start an agent in a new VM session",
-     "Provisions a VM with the account's provider, syncs the worktree up and\n"
-     "starts the agent there. Prints the new session's id; follow it with\n"
+     "Provisions a VM with the account's provider and starts the agent\n"
+     "there. Prints the new session's id; follow it with\n"
      "`aloft logs ID -f`. Timeouts default to the account's guards."},
     {"ls",
      {},
@@ -932,10 +932,10 @@ std::string format_show(const json& show_result, int64_t now) {
     std::string action;
     if (timer == "idle")
       action = rec.get_bool("auto_destroy", true)
-                 ? "sync down to a safety ref, then destroy"
+                 ? "destroy the VM"
                  : "warn (auto-destroy is off)";
     else if (timer == "hard")
-      action = "sync down to a safety ref, then destroy";
+      action = "destroy the VM";
     else
       action = printable(timer);
     next = printable(timer) + " timeout " + (at > now ? "in " + format_duration(at - now)
