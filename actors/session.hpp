@@ -53,7 +53,7 @@ struct session_env {
   home_layout home;
   std::string installation_id;
   caf::actor registry;
-  int status_interval_s = 2;
+  int status_interval_s = 5;
   int64_t hard_warning_ms = 600'000;
   int64_t retry_delay_ms = 5'000;   // reconnect and destroy retries
   int64_t provider_timeout_ms = 120'000; // a destroy or get that never answers

@@ -22,7 +22,7 @@ struct engine_overrides {
   std::vector<std::pair<account, std::shared_ptr<provider>>> accounts;
   /// Run no agent (no SSH): sessions are running once the VM is up.
   bool no_agent = false;
-  int status_interval_s = 2;
+  int status_interval_s = 5;
   int64_t retry_delay_ms = 5000;
 };
 
