@@ -1,0 +1,156 @@
+// Worktree sync as git objects: snapshots, packs, untrusted checks, merges.
+//
+// Sync moves git objects, so it works over any transport and sends only what
+// the other side lacks. The local side uses the `git` command (spawned
+// without a shell; about 1 ms a call), never touching the user's index,
+// files or branches except where a function says so. The VM side is a set of
+// shell commands (run through the session's transport) that use the `git`
+// command on the VM.
+//
+// Refs in the user's repository (DESIGN.md, Decisions):
+//   refs/aloft/sessions/<id>/up      the last synced-up snapshot
+//   refs/aloft/sessions/<id>/down    the last synced-down snapshot
+//   refs/aloft/sessions/<id>/local-<n> the local state saved before an apply
+//   refs/aloft/safety/<id>           the snapshot taken before a timed destroy
+//
+// Everything that comes back from a VM is untrusted: a received pack is
+// indexed into a quarantine object directory and checked
+// (`validate_untrusted_tree`) before any of it enters the repository, and
+// nothing from the VM (hooks, config) is ever run or honoured.
+//
+// All functions block (processes, files): call them from an executor, never
+// from an actor. Thread-safe as long as two calls do not work on the same
+// repository at once.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+
+namespace aloft::sync {
+
+struct limits {
+  uint64_t max_upload_bytes = 2ull << 30;     // refuse a larger sync up
+  uint64_t max_download_bytes = 2ull << 30;   // refuse a larger pack from a VM
+  uint64_t max_file_bytes = 1ull << 30;       // any one blob from a VM
+  uint64_t max_files = 1'000'000;             // entries in a VM's tree
+};
+
+struct tree_stats {
+  uint64_t files = 0;
+  uint64_t bytes = 0;
+  /// The largest paths, largest first (at most 10), for "too big" errors.
+  std::vector<std::pair<std::string, uint64_t>> largest;
+};
+
+struct snapshot {
+  std::string commit;
+  std::string tree;
+  tree_stats stats;
+};
+
+/// The ref names of a session.
+std::string up_ref(const std::string& session);
+std::string down_ref(const std::string& session);
+std::string safety_ref(const std::string& session);
+
+/// Checks that `worktree` can be synced. Returns the repository's top-level
+/// directory. Errors: failed_precondition when it is not a git worktree
+/// ("... is not a git repository: nothing would be synced; run `git init`").
+/// Appends to `notes` what is not synced (submodules, by path).
+caf::expected<std::string> check_worktree(const std::string& worktree,
+                                          std::vector<std::string>& notes);
+
+/// Captures HEAD, staged and unstaged changes and untracked files that are not
+/// ignored (with executable bits, symlinks, binary and empty files) as a
+/// commit whose parent is HEAD (none in a repository without commits), using
+/// a temporary index: the user's index, files and branches are untouched.
+/// Stores it under `ref` when `ref` is not empty.
+caf::expected<snapshot> snapshot_worktree(const std::string& worktree,
+                                          const std::string& ref,
+                                          const std::string& message);
+
+/// Size and file count of a commit's tree.
+caf::expected<tree_stats> stats_of(const std::string& repo, const std::string& commit);
+
+/// Errors with `resource_exhausted` when `stats` exceed the upload limit,
+/// naming the largest paths and the setting to change.
+caf::error check_upload_size(const tree_stats& stats, const limits& lim);
+
+/// A pack of the objects reachable from `want` and not from `have` (commits
+/// the other side is known to hold; may be empty). Thin packs are allowed
+/// when `have` is not empty.
+caf::expected<std::string> make_pack(const std::string& repo, const std::string& want,
+                                     const std::vector<std::string>& have);
+
+/// Indexes an untrusted pack into a quarantine object directory, checks the
+/// tree of `commit` there (validate_untrusted_tree, with `base` the commit
+/// the VM's changes are relative to), and only then moves the objects into
+/// the repository. Errors name the offending path; on error nothing enters
+/// the repository.
+caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack,
+                                  const std::string& commit, const std::string& base,
+                                  const limits& lim);
+
+/// Rejects paths with `..` or absolute paths, any `.git` component
+/// (including the case and alias variants git refuses: `.GIT`, `.git.`,
+/// `git~1`, NTFS streams, HFS ignorables), gitlinks, symlinks pointing
+/// outside the worktree, files under a symlinked directory (writes through a
+/// symlink), and trees or blobs over the limits. `object_dir` is where the
+/// objects are (quarantine), empty for the repository's own.
+caf::error validate_untrusted_tree(const std::string& repo, const std::string& commit,
+                                   const std::string& object_dir, const limits& lim);
+
+enum class apply_mode { apply, branch, dry_run };
+
+struct apply_result {
+  std::vector<std::string> changed;   // paths written (apply) or that would be
+  std::vector<std::string> conflicts; // paths left as they were locally
+  std::string saved_ref;              // where the local state was saved
+  std::string branch;                 // the branch created (branch mode)
+  std::string diffstat;               // `git diff --stat` of base..theirs
+};
+
+/// Brings the VM's snapshot `theirs` (whose parent is `base`, the last
+/// synced-up snapshot) into the local repository:
+/// - dry_run: fills `diffstat` and `changed`, writes nothing;
+/// - branch: creates `branch_name` at a commit holding the agent's changes on
+///   top of `base`, with a message naming the session;
+/// - apply: saves the local state under `refs/aloft/sessions/<id>/local-<n>`
+///   first, then merges three ways (base, ours = the worktree now, theirs)
+///   into the worktree files (never the index or branches). Conflicting
+///   files are listed and left as they were; the agent's versions stay
+///   reachable under the session's down ref.
+caf::expected<apply_result> apply_down(const std::string& worktree, const std::string& session,
+                                       const std::string& base, const std::string& theirs,
+                                       apply_mode mode, const std::string& branch_name);
+
+// -- commands run on the VM through the transport ------------------------------
+
+/// Prepares the VM's repository at `workdir` (git init if needed; hooks off).
+std::string vm_prepare_command(const std::string& workdir);
+
+/// Reads a pack on stdin, indexes it, and checks out `commit` into `workdir`:
+/// with `base` empty a fresh checkout; else a two-tree update from `base`
+/// that keeps the agent's own changes and fails on a conflict. Records
+/// `commit` as the VM's base ref.
+std::string vm_receive_command(const std::string& workdir, const std::string& commit,
+                               const std::string& base);
+
+/// Snapshots the agent's worktree (temporary index; the agent's index and
+/// branches untouched) as a commit whose parent is `base` and writes to
+/// stdout one line "<commit> <pack bytes>\n" followed by a pack of the
+/// objects not reachable from `base`. Exits non-zero with a message on
+/// stderr when the worktree is missing, empty or not a repository.
+std::string vm_snapshot_command(const std::string& workdir, const std::string& base);
+
+/// Parses the header line of `vm_snapshot_command`'s output. Untrusted.
+caf::error parse_snapshot_header(const std::string& line, std::string& commit,
+                                 uint64_t& pack_bytes);
+
+} // namespace aloft::sync
