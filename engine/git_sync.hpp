@@ -78,6 +78,10 @@ caf::expected<snapshot> snapshot_worktree(const std::string& worktree,
 /// Size and file count of a commit's tree.
 caf::expected<tree_stats> stats_of(const std::string& repo, const std::string& commit);
 
+/// Points `ref` at `commit` in the repository (git update-ref).
+caf::error update_ref(const std::string& repo, const std::string& ref,
+                      const std::string& commit);
+
 /// Errors with `resource_exhausted` when `stats` exceed the upload limit,
 /// naming the largest paths and the setting to change.
 caf::error check_upload_size(const tree_stats& stats, const limits& lim);
