@@ -25,6 +25,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -39,6 +40,9 @@ struct limits {
   uint64_t max_download_bytes = 2ull << 30;   // refuse a larger pack from a VM
   uint64_t max_file_bytes = 1ull << 30;       // any one blob from a VM
   uint64_t max_files = 1'000'000;             // entries in a VM's tree
+  uint64_t max_tree_bytes = 8ull << 30;       // all blobs of a VM's tree, as
+                                              // written out (a tree can name
+                                              // one big blob many times)
 };
 
 struct tree_stats {
@@ -101,12 +105,35 @@ caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack
                                   const std::string& commit, const std::string& base,
                                   const limits& lim);
 
+/// One entry of `git ls-tree -r -l`: a file, symlink or gitlink.
+struct tree_entry {
+  uint32_t mode = 0;   // as git writes it, octal: 0100644, 0120000, 0160000
+  std::string type;    // blob, commit
+  std::string object;
+  uint64_t size = 0;   // blob size, 0 otherwise
+  std::string path;
+};
+
+/// The path rules of validate_untrusted_tree for one path: not empty, not
+/// absolute, no empty, `.` or `..` component, no component git treats as
+/// `.git` on any platform. The error (permission_denied) names the path and
+/// the rule. Pure.
+caf::error check_untrusted_path(std::string_view path);
+
+/// All rules of validate_untrusted_tree over listed entries, with
+/// `symlink_targets` mapping each symlink's path to its target. Pure.
+caf::error check_untrusted_entries(const std::vector<tree_entry>& entries,
+                                   const std::map<std::string, std::string>& symlink_targets,
+                                   const limits& lim);
+
 /// Rejects paths with `..` or absolute paths, any `.git` component
 /// (including the case and alias variants git refuses: `.GIT`, `.git.`,
 /// `git~1`, NTFS streams, HFS ignorables), gitlinks, symlinks pointing
 /// outside the worktree, files under a symlinked directory (writes through a
 /// symlink), and trees or blobs over the limits. `object_dir` is where the
-/// objects are (quarantine), empty for the repository's own.
+/// objects are (quarantine), empty for the repository's own. Errors:
+/// permission_denied for a refused path, resource_exhausted for a limit
+/// (naming the setting), data_loss for missing or malformed objects.
 caf::error validate_untrusted_tree(const std::string& repo, const std::string& commit,
                                    const std::string& object_dir, const limits& lim);
 
@@ -129,7 +156,14 @@ struct apply_result {
 ///   first, then merges three ways (base, ours = the worktree now, theirs)
 ///   into the worktree files (never the index or branches). Conflicting
 ///   files are listed and left as they were; the agent's versions stay
-///   reachable under the session's down ref.
+///   reachable under the session's down ref. Also left as they are, and
+///   listed with the conflicts: paths where a local symlink, an untracked or
+///   ignored file stands in the way. Everything written is checked again as
+///   untrusted; a worktree that changes during the apply aborts it (aborted)
+///   before anything is written.
+/// branch and apply set the session's down ref to `theirs`. `theirs` must
+/// descend from `base` (failed_precondition otherwise); the merge uses `base`
+/// as its merge base whatever the local HEAD is now.
 caf::expected<apply_result> apply_down(const std::string& worktree, const std::string& session,
                                        const std::string& base, const std::string& theirs,
                                        apply_mode mode, const std::string& branch_name);

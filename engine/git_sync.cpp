@@ -1,0 +1,1551 @@
+#include "engine/git_sync.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <deque>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <sstream>
+
+#include "engine/agent_script.hpp"
+#include "engine/base/error.hpp"
+#include "engine/process.hpp"
+
+namespace aloft::sync {
+
+namespace {
+
+// -- small pure helpers --------------------------------------------------------
+
+constexpr uint32_t mode_tree = 0040000;
+constexpr uint32_t mode_file = 0100644;
+constexpr uint32_t mode_exec = 0100755;
+constexpr uint32_t mode_group_writable = 0100664; // accepted by git as a file
+constexpr uint32_t mode_symlink = 0120000;
+constexpr uint32_t mode_gitlink = 0160000;
+
+// A symlink's target is a path; anything longer than PATH_MAX on common
+// systems is not one.
+constexpr uint64_t max_symlink_bytes = 4096;
+
+const std::string zero_oid(40, '0');
+
+bool is_hex_oid(std::string_view s) {
+  return s.size() == 40 && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+std::string trim_end(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' '))
+    s.pop_back();
+  return s;
+}
+
+// Paths from a VM go into messages shown on a terminal: no control bytes.
+std::string printable(std::string_view s) {
+  static const char* hex = "0123456789abcdef";
+  std::string out = "'";
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f || c == '\\' || c == '\'') {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  out += "'";
+  return out;
+}
+
+std::string format_bytes(uint64_t n) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(n);
+  size_t u = 0;
+  while (v >= 1024 && u + 1 < sizeof(units) / sizeof(units[0])) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  if (u == 0)
+    std::snprintf(buf, sizeof(buf), "%llu B", static_cast<unsigned long long>(n));
+  else
+    std::snprintf(buf, sizeof(buf), "%.1f %s", v, units[u]);
+  return buf;
+}
+
+std::vector<std::string> split_nul(std::string_view s) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    auto end = s.find('\0', pos);
+    if (end == std::string_view::npos)
+      end = s.size();
+    out.emplace_back(s.substr(pos, end - pos));
+    pos = end + 1;
+  }
+  return out;
+}
+
+std::vector<std::string> split_path(std::string_view path) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  for (;;) {
+    auto end = path.find('/', pos);
+    if (end == std::string_view::npos) {
+      out.emplace_back(path.substr(pos));
+      return out;
+    }
+    out.emplace_back(path.substr(pos, end - pos));
+    pos = end + 1;
+  }
+}
+
+std::string join_path(const std::vector<std::string>& parts, size_t n) {
+  std::string out;
+  for (size_t i = 0; i < n; ++i) {
+    if (i > 0)
+      out += '/';
+    out += parts[i];
+  }
+  return out;
+}
+
+std::string ascii_lower(std::string_view s) {
+  std::string out{s};
+  for (auto& c : out)
+    if (c >= 'A' && c <= 'Z')
+      c = static_cast<char>(c - 'A' + 'a');
+  return out;
+}
+
+bool valid_session_id(const std::string& id) {
+  if (id.empty() || id.size() > 128 || id[0] == '.' || id[0] == '-')
+    return false;
+  if (id.find("..") != std::string::npos)
+    return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+           || c == '-' || c == '_' || c == '.';
+  });
+}
+
+// -- git's own rules for names that alias `.git` ------------------------------
+// Ported from git's path.c (is_ntfs_dotgit) and utf8.c (is_hfs_dotgit), so
+// that we refuse exactly what git refuses on the platforms it protects.
+
+// Decodes one UTF-8 code point; nullopt on malformed input.
+std::optional<uint32_t> next_utf8(std::string_view s, size_t& i) {
+  auto c = static_cast<unsigned char>(s[i]);
+  int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+  if (len == 0 || i + len > s.size())
+    return std::nullopt;
+  uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1f) : len == 3 ? (c & 0x0f) : (c & 0x07);
+  for (int k = 1; k < len; ++k) {
+    auto cc = static_cast<unsigned char>(s[i + k]);
+    if ((cc & 0xc0) != 0x80)
+      return std::nullopt;
+    cp = (cp << 6) | (cc & 0x3f);
+  }
+  i += len;
+  return cp;
+}
+
+bool hfs_ignorable(uint32_t cp) {
+  return (cp >= 0x200c && cp <= 0x200f) || (cp >= 0x202a && cp <= 0x202e)
+         || (cp >= 0x206a && cp <= 0x206f) || cp == 0xfeff;
+}
+
+// HFS+ ignores some code points when comparing names, so ".g\u200cit" opens
+// ".git" on a Mac.
+bool is_hfs_dotgit(std::string_view name) {
+  const char* needle = ".git";
+  size_t i = 0, k = 0;
+  while (i < name.size()) {
+    auto cp = next_utf8(name, i);
+    if (!cp)
+      return false;
+    if (hfs_ignorable(*cp))
+      continue;
+    if (k == 4 || *cp > 127)
+      return false;
+    auto lower = *cp >= 'A' && *cp <= 'Z' ? *cp - 'A' + 'a' : *cp;
+    if (lower != static_cast<uint32_t>(needle[k]))
+      return false;
+    ++k;
+  }
+  return k == 4;
+}
+
+// NTFS drops trailing dots and spaces, opens alternate data streams after a
+// colon (".git::$INDEX_ALLOCATION") and has 8.3 short names ("git~1").
+bool is_ntfs_dotgit(std::string_view name) {
+  size_t i;
+  auto lower = ascii_lower(name);
+  if (lower.compare(0, 4, ".git") == 0)
+    i = 4;
+  else if (lower.compare(0, 5, "git~1") == 0)
+    i = 5;
+  else
+    return false;
+  for (; i < lower.size(); ++i) {
+    char c = lower[i];
+    if (c == ':' || c == '\\')
+      return true;
+    if (c != '.' && c != ' ')
+      return false;
+  }
+  return true;
+}
+
+// Why a path component names git's own directory, or nullptr.
+const char* dotgit_reason(std::string_view component) {
+  if (component == ".git")
+    return "a component is .git";
+  if (ascii_lower(component) == ".git")
+    return "a component is .git in another case";
+  if (is_ntfs_dotgit(component))
+    return "a component is an NTFS alias of .git (trailing dots or spaces, a stream, "
+           "or the short name git~1)";
+  if (is_hfs_dotgit(component))
+    return "a component is an HFS+ alias of .git (ignorable characters)";
+  // On NTFS a backslash separates components too.
+  if (component.find('\\') != std::string_view::npos) {
+    size_t pos = 0;
+    for (;;) {
+      auto end = component.find('\\', pos);
+      auto piece = component.substr(pos, end == std::string_view::npos ? end : end - pos);
+      if (ascii_lower(piece) == ".git" || is_ntfs_dotgit(piece))
+        return "a backslash-separated component is .git (an NTFS alias)";
+      if (end == std::string_view::npos)
+        break;
+      pos = end + 1;
+    }
+  }
+  return nullptr;
+}
+
+caf::error refuse(const std::string& path, const std::string& rule) {
+  return make_error(errc::permission_denied,
+                    "refused " + printable(path) + " from the VM: " + rule);
+}
+
+// Follows the symlink at `link` through the other symlinks of the same tree
+// (`links`: path -> target) and says why it leaves the worktree or enters
+// .git; empty when it stays inside.
+std::string symlink_escape(const std::string& link,
+                           const std::map<std::string, std::string>& links) {
+  auto parts = split_path(link);
+  parts.pop_back();
+  std::vector<std::string> at = parts;
+  const auto& target = links.at(link);
+  if (target.empty())
+    return "a symlink with an empty target";
+  if (target[0] == '/')
+    return "a symlink to an absolute path (" + printable(target) + ")";
+  std::deque<std::string> todo;
+  for (auto& c : split_path(target))
+    todo.push_back(c);
+  int hops = 0;
+  while (!todo.empty()) {
+    auto c = std::move(todo.front());
+    todo.pop_front();
+    if (c.empty() || c == ".")
+      continue;
+    if (c == "..") {
+      if (at.empty())
+        return "a symlink pointing outside the worktree (" + printable(target) + ")";
+      at.pop_back();
+      continue;
+    }
+    if (dotgit_reason(c))
+      return "a symlink pointing into .git (" + printable(target) + ")";
+    at.push_back(c);
+    auto it = links.find(join_path(at, at.size()));
+    if (it == links.end())
+      continue;
+    if (++hops > 40)
+      return "a symlink loop";
+    if (it->second.empty() || it->second[0] == '/')
+      return "a symlink pointing outside the worktree through " + printable(it->first);
+    at.pop_back();
+    auto next = split_path(it->second);
+    todo.insert(todo.begin(), next.begin(), next.end());
+  }
+  return {};
+}
+
+// The rules of check_untrusted_entries, applied to the entries for which
+// `selected` is true (all when null); the others only serve as context
+// (symlinks that the selected ones might go through).
+caf::error check_entries(const std::vector<tree_entry>& entries,
+                         const std::map<std::string, std::string>& symlink_targets,
+                         const limits& lim, const std::vector<bool>* selected) {
+  if (entries.size() > lim.max_files)
+    return make_error(errc::resource_exhausted,
+                      "the VM's tree has more than " + std::to_string(lim.max_files)
+                        + " files (setting max_files)");
+  std::set<std::string> links, links_folded;
+  for (auto& e : entries)
+    if (e.mode == mode_symlink) {
+      links.insert(e.path);
+      links_folded.insert(ascii_lower(e.path));
+    }
+  uint64_t total = 0;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (selected && !(*selected)[i])
+      continue;
+    auto& e = entries[i];
+    if (auto err = check_untrusted_path(e.path))
+      return err;
+    switch (e.mode) {
+      case mode_file:
+      case mode_exec:
+      case mode_group_writable:
+      case mode_symlink:
+        if (e.type != "blob")
+          return refuse(e.path, "an entry of type " + e.type + " with a file mode");
+        break;
+      case mode_gitlink:
+        return refuse(e.path, "a submodule (gitlink); submodules are not synced");
+      default: {
+        char buf[16];
+        std::snprintf(buf, sizeof(buf), "%06o", e.mode);
+        return refuse(e.path, std::string{"an entry of unknown mode "} + buf);
+      }
+    }
+    if (e.size > lim.max_file_bytes)
+      return make_error(errc::resource_exhausted,
+                        "refused " + printable(e.path) + " from the VM: "
+                          + format_bytes(e.size) + ", over the limit of "
+                          + format_bytes(lim.max_file_bytes) + " (setting max_file_bytes)");
+    total += e.size;
+    if (total > lim.max_tree_bytes)
+      return make_error(errc::resource_exhausted,
+                        "the VM's tree is over " + format_bytes(lim.max_tree_bytes)
+                          + " (setting max_tree_bytes)");
+    if (e.mode == mode_symlink) {
+      auto it = symlink_targets.find(e.path);
+      if (it == symlink_targets.end())
+        return refuse(e.path, "a symlink whose target could not be read");
+      auto why = symlink_escape(e.path, symlink_targets);
+      if (!why.empty())
+        return refuse(e.path, why);
+      auto name = split_path(e.path).back();
+      auto folded = ascii_lower(name);
+      for (auto special : {".gitmodules", ".gitattributes", ".gitignore", ".mailmap"})
+        if (folded == special)
+          return refuse(e.path, "a symlink in place of a file git reads (" + name + ")");
+    }
+    // A path under a symlink of the same tree would be written through it
+    // (git trees can hold a symlink and a directory of the same name). The
+    // case-folded check covers case-insensitive file systems.
+    if (!links.empty()) {
+      auto parts = split_path(e.path);
+      for (size_t n = 1; n < parts.size(); ++n) {
+        auto prefix = join_path(parts, n);
+        if (links.count(prefix) || links_folded.count(ascii_lower(prefix)))
+          return refuse(e.path, "a path under the symlink " + printable(prefix)
+                                  + " (a write through a symlink)");
+      }
+    }
+  }
+  return {};
+}
+
+// -- temporary directories ------------------------------------------------------
+
+// A directory made with mkdtemp, removed with its contents on every path.
+class scratch_dir {
+public:
+  static caf::expected<std::unique_ptr<scratch_dir>> make(const std::string& parent,
+                                                          const std::string& prefix) {
+    std::string tmpl = parent + "/" + prefix + "XXXXXX";
+    if (::mkdtemp(tmpl.data()) == nullptr)
+      return from_errno(errno, "cannot create a temporary directory in " + parent);
+    return std::unique_ptr<scratch_dir>{new scratch_dir(tmpl)};
+  }
+  ~scratch_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  scratch_dir(const scratch_dir&) = delete;
+  scratch_dir& operator=(const scratch_dir&) = delete;
+  const std::string& path() const { return path_; }
+
+private:
+  explicit scratch_dir(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
+
+// -- running git ------------------------------------------------------------------
+
+struct git_env {
+  std::string index_file;  // GIT_INDEX_FILE: a temporary index
+  std::string object_dir;  // GIT_OBJECT_DIRECTORY: a quarantine
+  std::string alternates;  // GIT_ALTERNATE_OBJECT_DIRECTORIES
+};
+
+struct git_call {
+  git_env env;
+  std::string_view input;
+  std::vector<int> ok_codes{0};
+  errc code = errc::internal; // the code of the error when git fails
+  std::function<bool(std::string_view)> on_output;
+};
+
+// Nothing from the caller's environment steers git (GIT_DIR, GIT_INDEX_FILE
+// and friends would redirect every call), the system config is skipped, no
+// prompt can block, and commits get a fixed identity so that a machine with
+// no git identity configured still works.
+std::vector<std::string> git_environment(const git_env& e) {
+  auto env = environment_without({"GIT_", "LC_ALL=", "LANGUAGE="});
+  env.emplace_back("GIT_CONFIG_NOSYSTEM=1");
+  env.emplace_back("GIT_TERMINAL_PROMPT=0");
+  env.emplace_back("GIT_OPTIONAL_LOCKS=0");
+  env.emplace_back("LC_ALL=C");
+  env.emplace_back("GIT_AUTHOR_NAME=Aloft");
+  env.emplace_back("GIT_AUTHOR_EMAIL=aloft@localhost");
+  env.emplace_back("GIT_COMMITTER_NAME=Aloft");
+  env.emplace_back("GIT_COMMITTER_EMAIL=aloft@localhost");
+  if (!e.index_file.empty())
+    env.emplace_back("GIT_INDEX_FILE=" + e.index_file);
+  if (!e.object_dir.empty())
+    env.emplace_back("GIT_OBJECT_DIRECTORY=" + e.object_dir);
+  if (!e.alternates.empty())
+    env.emplace_back("GIT_ALTERNATE_OBJECT_DIRECTORIES=" + e.alternates);
+  return env;
+}
+
+// The one place where a failed git call becomes an error: "git <command>:
+// <what git said>".
+caf::error git_failure(const std::vector<std::string>& args, const process_result& r,
+                       errc code) {
+  auto said = trim_end(r.error);
+  if (said.size() > 2000)
+    said = said.substr(0, 2000) + "...";
+  std::string msg = "git " + (args.empty() ? std::string{} : args[0]) + ": ";
+  msg += said.empty() ? "exit code " + std::to_string(r.exit_code) : said;
+  return make_error(code, std::move(msg));
+}
+
+caf::expected<process_result> run_git(const std::string& dir,
+                                      const std::vector<std::string>& args,
+                                      const git_call& call = {}) {
+  process_spec spec;
+  // Hooks and fsmonitor are programs named by config; sync never runs them.
+  spec.argv = {"git", "-C", dir, "-c", "core.hooksPath=/dev/null",
+               "-c", "core.fsmonitor=false", "-c", "core.splitIndex=false",
+               "-c", "advice.addEmbeddedRepo=false", "-c", "gc.auto=0"};
+  spec.argv.insert(spec.argv.end(), args.begin(), args.end());
+  spec.env = git_environment(call.env);
+  spec.input = call.input;
+  spec.on_output = call.on_output;
+  auto r = run_process(spec);
+  if (!r)
+    return annotate(r.error(), "git " + (args.empty() ? std::string{} : args[0]));
+  if (std::find(call.ok_codes.begin(), call.ok_codes.end(), r->exit_code)
+      == call.ok_codes.end())
+    return git_failure(args, *r, call.code);
+  return r;
+}
+
+// Runs git and returns its stdout without the final newline.
+caf::expected<std::string> git_text(const std::string& dir,
+                                    const std::vector<std::string>& args,
+                                    const git_call& call = {}) {
+  auto r = run_git(dir, args, call);
+  if (!r)
+    return r.error();
+  return trim_end(std::move(r->output));
+}
+
+struct repo_paths {
+  std::string top;     // the worktree's top level
+  std::string git_dir; // this worktree's git directory
+  std::string index;   // the user's index file
+  std::string objects; // the object store (shared by linked worktrees)
+};
+
+caf::expected<repo_paths> locate_repo(const std::string& worktree) {
+  struct stat st;
+  if (::stat(worktree.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    return make_error(errc::failed_precondition,
+                      worktree + " is not a directory: nothing would be synced");
+  git_call call;
+  call.ok_codes = {0, 128};
+  auto r = run_git(worktree, {"rev-parse", "--path-format=absolute", "--show-toplevel",
+                              "--absolute-git-dir", "--git-path", "index", "--git-path",
+                              "objects", "--show-object-format"},
+                   call);
+  if (!r)
+    return r.error();
+  if (r->exit_code != 0) {
+    auto said = trim_end(r->error);
+    if (said.find("not a git repository") != std::string::npos)
+      return make_error(errc::failed_precondition,
+                        worktree + " is not a git repository: nothing would be synced; "
+                                   "run `git init` there (and commit or not) first");
+    if (said.find("work tree") != std::string::npos)
+      return make_error(errc::failed_precondition,
+                        worktree + " is a bare repository: there is no worktree to sync");
+    return git_failure({"rev-parse"}, *r, errc::failed_precondition);
+  }
+  std::vector<std::string> lines;
+  std::istringstream in{r->output};
+  for (std::string line; std::getline(in, line);)
+    lines.push_back(line);
+  if (lines.size() != 5)
+    return make_error(errc::internal, "git rev-parse: unexpected output for " + worktree);
+  if (lines[4] != "sha1")
+    return make_error(errc::failed_precondition,
+                      worktree + " uses " + lines[4]
+                        + " object names; only SHA-1 repositories can be synced");
+  return repo_paths{lines[0], lines[1], lines[2], lines[3]};
+}
+
+// `git ls-tree -r -l -z` of `commit`, streamed, stopping past `max_entries`.
+caf::expected<std::vector<tree_entry>> list_tree(const std::string& repo,
+                                                 const std::string& commit,
+                                                 const git_env& env,
+                                                 uint64_t max_entries) {
+  std::vector<tree_entry> entries;
+  std::string pending;
+  std::string parse_error;
+  bool too_many = false;
+  git_call call;
+  call.env = env;
+  call.on_output = [&](std::string_view piece) {
+    pending.append(piece);
+    size_t pos = 0;
+    for (;;) {
+      auto end = pending.find('\0', pos);
+      if (end == std::string::npos)
+        break;
+      std::string_view rec{pending.data() + pos, end - pos};
+      pos = end + 1;
+      // "<mode> SP <type> SP <object> SP+ <size> TAB <path>"
+      auto tab = rec.find('\t');
+      auto sp1 = rec.find(' ');
+      auto sp2 = sp1 == std::string_view::npos ? sp1 : rec.find(' ', sp1 + 1);
+      auto sp3 = sp2 == std::string_view::npos ? sp2 : rec.find(' ', sp2 + 1);
+      if (tab == std::string_view::npos || sp3 == std::string_view::npos || sp3 > tab) {
+        parse_error = "git ls-tree: unexpected output";
+        return false;
+      }
+      tree_entry e;
+      e.mode = static_cast<uint32_t>(
+        std::strtoul(std::string{rec.substr(0, sp1)}.c_str(), nullptr, 8));
+      e.type = std::string{rec.substr(sp1 + 1, sp2 - sp1 - 1)};
+      e.object = std::string{rec.substr(sp2 + 1, sp3 - sp2 - 1)};
+      auto size = rec.substr(sp3 + 1, tab - sp3 - 1);
+      while (!size.empty() && size.front() == ' ')
+        size.remove_prefix(1);
+      e.size = size == "-" ? 0 : std::strtoull(std::string{size}.c_str(), nullptr, 10);
+      e.path = std::string{rec.substr(tab + 1)};
+      entries.push_back(std::move(e));
+      if (entries.size() > max_entries) {
+        too_many = true;
+        return false;
+      }
+    }
+    pending.erase(0, pos);
+    return true;
+  };
+  auto r = run_git(repo, {"ls-tree", "-r", "-l", "-z", "--full-tree", commit}, call);
+  if (too_many)
+    return make_error(errc::resource_exhausted,
+                      "the tree of " + commit + " has more than "
+                        + std::to_string(max_entries) + " files (setting max_files)");
+  if (!parse_error.empty())
+    return make_error(errc::internal, parse_error);
+  if (!r)
+    return r.error();
+  return entries;
+}
+
+// Reads small blobs (symlink targets) in one `git cat-file --batch`.
+caf::expected<std::map<std::string, std::string>>
+read_blobs(const std::string& repo, const git_env& env,
+           const std::vector<std::string>& oids) {
+  std::map<std::string, std::string> out;
+  if (oids.empty())
+    return out;
+  std::string input;
+  for (auto& o : oids)
+    input += o + "\n";
+  git_call call;
+  call.env = env;
+  call.input = input;
+  auto r = run_git(repo, {"cat-file", "--batch"}, call);
+  if (!r)
+    return r.error();
+  const auto& s = r->output;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    auto nl = s.find('\n', pos);
+    if (nl == std::string::npos)
+      break;
+    std::istringstream header{s.substr(pos, nl - pos)};
+    std::string oid, type;
+    uint64_t size = 0;
+    header >> oid >> type >> size;
+    if (type != "blob" || nl + 1 + size > s.size())
+      return make_error(errc::data_loss, "git cat-file: object " + oid + " is " + type);
+    out[oid] = s.substr(nl + 1, size);
+    pos = nl + 1 + size + 1;
+  }
+  return out;
+}
+
+// The symlink targets of `entries` (path -> target), refusing oversize ones.
+caf::expected<std::map<std::string, std::string>>
+symlink_targets_of(const std::string& repo, const git_env& env,
+                   const std::vector<tree_entry>& entries) {
+  std::vector<std::string> oids;
+  for (auto& e : entries)
+    if (e.mode == mode_symlink) {
+      if (e.size > max_symlink_bytes)
+        return refuse(e.path, "a symlink target longer than 4096 bytes");
+      oids.push_back(e.object);
+    }
+  auto blobs = read_blobs(repo, env, oids);
+  if (!blobs)
+    return blobs.error();
+  std::map<std::string, std::string> targets;
+  for (auto& e : entries)
+    if (e.mode == mode_symlink)
+      targets[e.path] = (*blobs)[e.object];
+  return targets;
+}
+
+tree_stats stats_from(const std::vector<tree_entry>& entries) {
+  tree_stats st;
+  std::vector<std::pair<std::string, uint64_t>> sizes;
+  for (auto& e : entries) {
+    if (e.type != "blob")
+      continue;
+    ++st.files;
+    st.bytes += e.size;
+    sizes.emplace_back(e.path, e.size);
+  }
+  auto n = std::min<size_t>(10, sizes.size());
+  std::partial_sort(sizes.begin(), sizes.begin() + n, sizes.end(),
+                    [](auto& a, auto& b) {
+                      return a.second != b.second ? a.second > b.second : a.first < b.first;
+                    });
+  sizes.resize(n);
+  st.largest = std::move(sizes);
+  return st;
+}
+
+// Copies the user's index so the snapshot starts from its stat data (git
+// then hashes only files that changed); the copy keeps the original's mtime
+// so that git's racy-entry check judges it exactly as it judges the original.
+caf::error copy_index(const std::string& from, const std::string& to) {
+  int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0)
+    return from_errno(errno, "cannot read the index " + from);
+  struct stat st;
+  if (::fstat(in, &st) != 0) {
+    auto err = from_errno(errno, "cannot stat the index " + from);
+    ::close(in);
+    return err;
+  }
+  int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (out < 0) {
+    auto err = from_errno(errno, "cannot create " + to);
+    ::close(in);
+    return err;
+  }
+  char buf[1 << 16];
+  caf::error err;
+  for (;;) {
+    auto n = ::read(in, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      err = from_errno(errno, "cannot read the index " + from);
+      break;
+    }
+    if (n == 0)
+      break;
+    for (ssize_t done = 0; done < n;) {
+      auto w = ::write(out, buf + done, static_cast<size_t>(n - done));
+      if (w < 0 && errno == EINTR)
+        continue;
+      if (w < 0) {
+        err = from_errno(errno, "cannot write " + to);
+        break;
+      }
+      done += w;
+    }
+    if (err)
+      break;
+  }
+  if (!err) {
+    struct timespec times[2] = {st.st_atim, st.st_mtim};
+    ::futimens(out, times);
+  }
+  ::close(in);
+  ::close(out);
+  return err;
+}
+
+// Whether the index at `index_file` marks entries "assume unchanged", which
+// would make `git add -A` skip them: then the snapshot starts from HEAD.
+caf::expected<bool> has_assume_unchanged(const std::string& top) {
+  auto r = run_git(top, {"ls-files", "-v", "-z"});
+  if (!r)
+    return r.error();
+  for (auto& rec : split_nul(r->output))
+    if (!rec.empty() && rec[0] >= 'a' && rec[0] <= 'z')
+      return true;
+  return false;
+}
+
+// A snapshot and the temporary index it was made with (its stat data fresh:
+// an apply checks out from it).
+struct snapshot_work {
+  repo_paths paths;
+  std::unique_ptr<scratch_dir> scratch;
+  std::string index;
+  std::string head; // empty for an unborn HEAD
+  snapshot snap;
+};
+
+caf::expected<snapshot_work> take_snapshot(const std::string& worktree,
+                                           const std::string& ref,
+                                           const std::string& message) {
+  snapshot_work w;
+  auto paths = locate_repo(worktree);
+  if (!paths)
+    return paths.error();
+  w.paths = std::move(*paths);
+  const auto& top = w.paths.top;
+  git_call maybe;
+  maybe.ok_codes = {0, 1, 128};
+  auto head = run_git(top, {"rev-parse", "-q", "--verify", "HEAD^{commit}"}, maybe);
+  if (!head)
+    return head.error();
+  if (head->exit_code == 0)
+    w.head = trim_end(head->output);
+  auto scratch = scratch_dir::make(w.paths.git_dir, "aloft-snapshot-");
+  if (!scratch)
+    return scratch.error();
+  w.scratch = std::move(*scratch);
+  w.index = w.scratch->path() + "/index";
+  git_call in_temp;
+  in_temp.env.index_file = w.index;
+
+  struct stat st;
+  bool copied = false;
+  if (::stat(w.paths.index.c_str(), &st) == 0) {
+    auto assumed = has_assume_unchanged(top);
+    if (!assumed)
+      return assumed.error();
+    if (!*assumed) {
+      if (auto err = copy_index(w.paths.index, w.index))
+        return err;
+      copied = true;
+    }
+  }
+  if (!copied && !w.head.empty())
+    if (auto r = run_git(top, {"read-tree", w.head}, in_temp); !r)
+      return r.error();
+  if (auto r = run_git(top, {"add", "-A"}, in_temp); !r)
+    return r.error();
+  // Submodules and nested repositories are not synced (check_worktree says
+  // so); a gitlink in a snapshot would only be an empty directory elsewhere.
+  auto staged = run_git(top, {"ls-files", "-s", "-z"}, in_temp);
+  if (!staged)
+    return staged.error();
+  std::string gitlinks;
+  for (auto& rec : split_nul(staged->output))
+    if (rec.compare(0, 7, "160000 ") == 0) {
+      auto tab = rec.find('\t');
+      if (tab != std::string::npos) {
+        gitlinks += rec.substr(tab + 1);
+        gitlinks += '\0';
+      }
+    }
+  if (!gitlinks.empty()) {
+    git_call remove = in_temp;
+    remove.input = gitlinks;
+    if (auto r = run_git(top, {"update-index", "--force-remove", "-z", "--stdin"}, remove);
+        !r)
+      return r.error();
+  }
+  auto tree = git_text(top, {"write-tree"}, in_temp);
+  if (!tree)
+    return tree.error();
+  std::vector<std::string> commit_args{"commit-tree", *tree, "-m",
+                                       message.empty() ? "aloft: snapshot" : message};
+  if (!w.head.empty()) {
+    commit_args.push_back("-p");
+    commit_args.push_back(w.head);
+  }
+  auto commit = git_text(top, commit_args);
+  if (!commit)
+    return commit.error();
+  if (!ref.empty())
+    if (auto r = run_git(top, {"update-ref", "-m", "aloft: snapshot", ref, *commit}); !r)
+      return r.error();
+  auto entries = list_tree(top, *commit, {}, UINT64_MAX);
+  if (!entries)
+    return entries.error();
+  w.snap.commit = *commit;
+  w.snap.tree = *tree;
+  w.snap.stats = stats_from(*entries);
+  return w;
+}
+
+caf::error check_oid(const std::string& oid, const char* what) {
+  if (!is_hex_oid(oid))
+    return make_error(errc::invalid_argument,
+                      std::string{what} + " is not a commit id: " + printable(oid));
+  return {};
+}
+
+// One change between two trees from `git diff-tree -r -z --no-renames`.
+struct tree_change {
+  uint32_t old_mode = 0;
+  uint32_t new_mode = 0; // 0 when deleted
+  std::string old_oid;
+  std::string new_oid;
+  std::string path;
+};
+
+caf::expected<std::vector<tree_change>> diff_trees(const std::string& top,
+                                                   const std::string& from,
+                                                   const std::string& to) {
+  auto r = run_git(top, {"diff-tree", "-r", "-z", "--no-renames", from, to});
+  if (!r)
+    return r.error();
+  auto recs = split_nul(r->output);
+  std::vector<tree_change> out;
+  for (size_t i = 0; i + 1 < recs.size(); i += 2) {
+    // ":<old mode> <new mode> <old oid> <new oid> <status>"
+    std::istringstream in{recs[i].substr(recs[i].empty() ? 0 : 1)};
+    std::string om, nm, oo, no, status;
+    in >> om >> nm >> oo >> no >> status;
+    tree_change c;
+    c.old_mode = static_cast<uint32_t>(std::strtoul(om.c_str(), nullptr, 8));
+    c.new_mode = static_cast<uint32_t>(std::strtoul(nm.c_str(), nullptr, 8));
+    c.old_oid = oo;
+    c.new_oid = no;
+    c.path = recs[i + 1];
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+bool is_under(const std::string& path, const std::string& dir) {
+  return path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0
+         && path[dir.size()] == '/';
+}
+
+// Whether `path` and some member of `set` are the same or one is inside the
+// other.
+bool related_to_any(const std::string& path, const std::set<std::string>& set) {
+  if (set.count(path))
+    return true;
+  auto parts = split_path(path);
+  for (size_t n = 1; n < parts.size(); ++n)
+    if (set.count(join_path(parts, n)))
+      return true;
+  auto it = set.lower_bound(path + "/");
+  return it != set.end() && is_under(*it, path);
+}
+
+// What in the local worktree would make writing `path` unsafe or lossy:
+// a symlink or file standing where a directory must go (a write through a
+// symlink), or a file git does not know about (ignored) in the way. Empty
+// when the path can be written. `replaced` holds the paths this apply
+// removes or replaces, which git clears before writing.
+std::string local_obstacle(const std::string& top, const std::string& path,
+                           const std::set<std::string>& ours_paths,
+                           const std::set<std::string>& replaced) {
+  auto parts = split_path(path);
+  struct stat st;
+  for (size_t n = 1; n < parts.size(); ++n) {
+    auto prefix = join_path(parts, n);
+    if (::lstat((top + "/" + prefix).c_str(), &st) != 0)
+      return {};
+    if (S_ISDIR(st.st_mode))
+      continue;
+    if (ours_paths.count(prefix) && replaced.count(prefix))
+      return {};
+    return S_ISLNK(st.st_mode) ? "local symlink " + printable(prefix) + " in the way"
+                               : "local file " + printable(prefix) + " in the way";
+  }
+  if (::lstat((top + "/" + path).c_str(), &st) == 0 && !ours_paths.count(path))
+    return "an ignored local file is in the way";
+  return {};
+}
+
+caf::expected<std::string> next_local_ref(const std::string& top,
+                                          const std::string& session) {
+  auto prefix = "refs/aloft/sessions/" + session + "/";
+  auto refs = git_text(top, {"for-each-ref", "--format=%(refname)", prefix});
+  if (!refs)
+    return refs.error();
+  uint64_t next = 1;
+  std::istringstream in{*refs};
+  for (std::string line; std::getline(in, line);) {
+    auto name = line.substr(std::min(line.size(), prefix.size()));
+    if (name.compare(0, 6, "local-") != 0)
+      continue;
+    auto digits = name.substr(6);
+    if (digits.empty() || digits.size() > 18
+        || !std::all_of(digits.begin(), digits.end(), ::isdigit))
+      continue;
+    next = std::max<uint64_t>(next, std::stoull(digits) + 1);
+  }
+  return prefix + "local-" + std::to_string(next);
+}
+
+caf::error check_session(const std::string& session) {
+  if (!valid_session_id(session))
+    return make_error(errc::invalid_argument,
+                      "not a session id usable in a ref name: " + printable(session));
+  return {};
+}
+
+// The merge of `ours` and `theirs` (its merge base is `base`): the merged
+// tree and every path touched by a conflict, including the other paths a
+// conflict message names (a file/directory conflict moves a file aside to
+// "path~<commit>", which alone would not say that "path" is in conflict).
+struct merge_outcome {
+  std::string tree;
+  std::set<std::string> conflicts;
+};
+
+caf::expected<merge_outcome> merge_trees(const std::string& top, const std::string& ours,
+                                         const std::string& theirs) {
+  git_call call;
+  call.ok_codes = {0, 1};
+  auto r = run_git(top, {"merge-tree", "--write-tree", "--name-only", "--messages", "-z",
+                         ours, theirs},
+                   call);
+  if (!r)
+    return r.error();
+  // "<tree>\0" then conflicted paths, each "\0"-terminated, then "\0" and the
+  // messages: "<n>\0<path>\0...<path>\0<type>\0<message>\0" per record.
+  const auto& s = r->output;
+  merge_outcome out;
+  auto end = s.find('\0');
+  if (end == std::string::npos)
+    return make_error(errc::internal, "git merge-tree: unexpected output");
+  out.tree = s.substr(0, end);
+  if (!is_hex_oid(out.tree))
+    return make_error(errc::internal, "git merge-tree: unexpected output");
+  size_t pos = end + 1;
+  auto next = [&](std::string& field) {
+    if (pos >= s.size())
+      return false;
+    auto e = s.find('\0', pos);
+    if (e == std::string::npos)
+      e = s.size();
+    field = s.substr(pos, e - pos);
+    pos = e + 1;
+    return true;
+  };
+  std::string field;
+  while (next(field) && !field.empty())
+    out.conflicts.insert(field);
+  while (next(field)) {
+    auto n = std::strtoull(field.c_str(), nullptr, 10);
+    std::vector<std::string> paths;
+    for (uint64_t i = 0; i < n && next(field); ++i)
+      paths.push_back(field);
+    std::string type, message;
+    if (!next(type) || !next(message))
+      break;
+    if (type.compare(0, 8, "CONFLICT") == 0)
+      for (auto& p : paths)
+        out.conflicts.insert(p);
+  }
+  if (r->exit_code == 1 && out.conflicts.empty())
+    return make_error(errc::internal, "git merge-tree: conflicts without paths");
+  return out;
+}
+
+std::string vm_preamble() {
+  return "export GIT_AUTHOR_NAME=Aloft GIT_AUTHOR_EMAIL=aloft@localhost "
+         "GIT_COMMITTER_NAME=Aloft GIT_COMMITTER_EMAIL=aloft@localhost "
+         "GIT_TERMINAL_PROMPT=0 GIT_CONFIG_NOSYSTEM=1 LC_ALL=C\n"
+         "unset GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE GIT_OBJECT_DIRECTORY "
+         "GIT_ALTERNATE_OBJECT_DIRECTORIES GIT_COMMON_DIR GIT_NAMESPACE\n"
+         "fail() { echo \"aloft: $*\" >&2; exit 3; }\n"
+         "g() { git -c core.hooksPath=/dev/null -c core.fsmonitor=false "
+         "-c core.splitIndex=false -c advice.addEmbeddedRepo=false -c gc.auto=0 \"$@\"; }\n";
+}
+
+} // namespace
+
+// -- public ------------------------------------------------------------------------
+
+std::string up_ref(const std::string& session) {
+  return "refs/aloft/sessions/" + session + "/up";
+}
+
+std::string down_ref(const std::string& session) {
+  return "refs/aloft/sessions/" + session + "/down";
+}
+
+std::string safety_ref(const std::string& session) {
+  return "refs/aloft/safety/" + session;
+}
+
+caf::error check_untrusted_path(std::string_view path) {
+  std::string p{path};
+  if (path.empty())
+    return refuse(p, "an empty path");
+  if (path.front() == '/')
+    return refuse(p, "an absolute path");
+  for (auto& c : split_path(path)) {
+    if (c.empty())
+      return refuse(p, "an empty path component");
+    if (c == "." || c == "..")
+      return refuse(p, "a . or .. component");
+    if (auto why = dotgit_reason(c))
+      return refuse(p, why);
+  }
+  return {};
+}
+
+caf::error check_untrusted_entries(const std::vector<tree_entry>& entries,
+                                   const std::map<std::string, std::string>& symlink_targets,
+                                   const limits& lim) {
+  return check_entries(entries, symlink_targets, lim, nullptr);
+}
+
+caf::expected<std::string> check_worktree(const std::string& worktree,
+                                          std::vector<std::string>& notes) {
+  auto paths = locate_repo(worktree);
+  if (!paths)
+    return paths.error();
+  auto staged = run_git(paths->top, {"ls-files", "-s", "-z"});
+  if (!staged)
+    return staged.error();
+  for (auto& rec : split_nul(staged->output))
+    if (rec.compare(0, 7, "160000 ") == 0) {
+      auto tab = rec.find('\t');
+      if (tab != std::string::npos)
+        notes.push_back("submodule " + printable(rec.substr(tab + 1))
+                        + ": not synced (its files stay local)");
+    }
+  return paths->top;
+}
+
+caf::expected<snapshot> snapshot_worktree(const std::string& worktree,
+                                          const std::string& ref,
+                                          const std::string& message) {
+  auto w = take_snapshot(worktree, ref, message);
+  if (!w)
+    return annotate(w.error(), "snapshot of " + worktree);
+  return std::move(w->snap);
+}
+
+caf::expected<tree_stats> stats_of(const std::string& repo, const std::string& commit) {
+  auto entries = list_tree(repo, commit, {}, UINT64_MAX);
+  if (!entries)
+    return entries.error();
+  return stats_from(*entries);
+}
+
+caf::error check_upload_size(const tree_stats& stats, const limits& lim) {
+  if (stats.bytes <= lim.max_upload_bytes)
+    return {};
+  std::string msg = "the worktree is " + format_bytes(stats.bytes) + " in "
+                    + std::to_string(stats.files) + " files, over the upload limit of "
+                    + format_bytes(lim.max_upload_bytes) + "; largest:";
+  size_t shown = 0;
+  for (auto& [path, size] : stats.largest) {
+    if (shown++ == 5)
+      break;
+    msg += (shown > 1 ? ", " : " ") + printable(path) + " (" + format_bytes(size) + ")";
+  }
+  msg += ". Ignore what should not go (.gitignore) or raise the setting max_upload_bytes";
+  return make_error(errc::resource_exhausted, std::move(msg));
+}
+
+caf::expected<std::string> make_pack(const std::string& repo, const std::string& want,
+                                     const std::vector<std::string>& have) {
+  if (auto err = check_oid(want, "make pack: want"))
+    return err;
+  std::string revs = want + "\n";
+  for (auto& h : have) {
+    if (auto err = check_oid(h, "make pack: have"))
+      return err;
+    revs += "^" + h + "\n";
+  }
+  std::vector<std::string> args{"pack-objects", "--stdout", "--revs", "-q",
+                                "--delta-base-offset"};
+  if (!have.empty())
+    args.push_back("--thin");
+  git_call call;
+  call.input = revs;
+  auto r = run_git(repo, args, call);
+  if (!r)
+    return r.error();
+  return std::move(r->output);
+}
+
+caf::error validate_untrusted_tree(const std::string& repo, const std::string& commit,
+                                   const std::string& object_dir, const limits& lim) {
+  if (auto err = check_oid(commit, "validate"))
+    return err;
+  git_env env;
+  if (!object_dir.empty()) {
+    auto paths = locate_repo(repo);
+    if (!paths)
+      return paths.error();
+    env.object_dir = object_dir;
+    env.alternates = paths->objects;
+  }
+  git_call call;
+  call.env = env;
+  call.code = errc::data_loss;
+  auto type = git_text(repo, {"cat-file", "-t", commit}, call);
+  if (!type)
+    return annotate(type.error(), "the VM's snapshot " + commit);
+  if (*type != "commit")
+    return make_error(errc::data_loss, "the VM's snapshot " + commit + " is a " + *type
+                                         + ", not a commit");
+  auto entries = list_tree(repo, commit, env, lim.max_files);
+  if (!entries)
+    return entries.error();
+  auto targets = symlink_targets_of(repo, env, *entries);
+  if (!targets)
+    return targets.error();
+  return check_entries(*entries, *targets, lim, nullptr);
+}
+
+caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack,
+                                  const std::string& commit, const std::string& base,
+                                  const limits& lim) {
+  if (pack.size() > lim.max_download_bytes)
+    return make_error(errc::resource_exhausted,
+                      "the VM's pack is " + format_bytes(pack.size())
+                        + ", over the download limit of "
+                        + format_bytes(lim.max_download_bytes)
+                        + " (setting max_download_bytes)");
+  if (auto err = check_oid(commit, "receive: commit"))
+    return err;
+  if (!base.empty())
+    if (auto err = check_oid(base, "receive: base"))
+      return err;
+  auto paths = locate_repo(repo);
+  if (!paths)
+    return paths.error();
+  // Like git's receive-pack: objects land in a quarantine next to the store
+  // (same file system, so moving them in is a rename) and are visible to
+  // nothing else until checked.
+  auto quarantine = scratch_dir::make(paths->objects, "incoming-");
+  if (!quarantine)
+    return quarantine.error();
+  const auto& q = (*quarantine)->path();
+  if (::mkdir((q + "/pack").c_str(), 0755) != 0)
+    return from_errno(errno, "cannot create " + q + "/pack");
+  git_call call;
+  call.env.object_dir = q;
+  call.env.alternates = paths->objects;
+  call.input = pack;
+  call.code = errc::data_loss;
+  auto indexed = run_git(paths->top,
+                         {"index-pack", "--stdin", "--fix-thin",
+                          "--max-input-size=" + std::to_string(lim.max_download_bytes)},
+                         call);
+  if (!indexed)
+    return annotate(indexed.error(), "the VM's pack");
+  call.input = {};
+  auto body = git_text(paths->top, {"cat-file", "commit", commit}, call);
+  if (!body)
+    return annotate(body.error(), "the VM's pack lacks its snapshot " + commit);
+  std::vector<std::string> parents;
+  std::istringstream lines{*body};
+  for (std::string line; std::getline(lines, line) && !line.empty();)
+    if (line.compare(0, 7, "parent ") == 0)
+      parents.push_back(line.substr(7));
+  if (!base.empty() && (parents.size() != 1 || parents[0] != base))
+    return make_error(errc::data_loss, "the VM's snapshot " + commit
+                                         + " is not a child of the synced-up snapshot "
+                                         + base);
+  if (auto err = validate_untrusted_tree(paths->top, commit, q, lim))
+    return err;
+  // Packs first, each index last: git finds a pack through its index, so a
+  // pack is never visible half-moved.
+  std::error_code ec;
+  std::vector<std::string> packs, others;
+  for (auto& entry : std::filesystem::directory_iterator(q + "/pack", ec)) {
+    auto name = entry.path().filename().string();
+    auto ext = entry.path().extension().string();
+    (ext == ".idx" ? others : packs).push_back(name);
+  }
+  if (ec)
+    return make_error(errc::internal, "cannot list " + q + "/pack: " + ec.message());
+  std::sort(packs.begin(), packs.end());
+  for (auto* list : {&packs, &others})
+    for (auto& name : *list) {
+      auto from = q + "/pack/" + name;
+      auto to = paths->objects + "/pack/" + name;
+      struct stat st;
+      if (::stat(to.c_str(), &st) == 0)
+        continue; // the same content, already there (the name is its hash)
+      if (::rename(from.c_str(), to.c_str()) != 0)
+        return from_errno(errno, "cannot move " + from + " into the repository");
+    }
+  return {};
+}
+
+caf::expected<apply_result> apply_down(const std::string& worktree, const std::string& session,
+                                       const std::string& base, const std::string& theirs,
+                                       apply_mode mode, const std::string& branch_name) {
+  if (auto err = check_session(session))
+    return err;
+  if (auto err = check_oid(base, "apply: base"))
+    return err;
+  if (auto err = check_oid(theirs, "apply: theirs"))
+    return err;
+  auto paths = locate_repo(worktree);
+  if (!paths)
+    return paths.error();
+  const auto& top = paths->top;
+  git_call is_ancestor;
+  is_ancestor.ok_codes = {0, 1};
+  auto anc = run_git(top, {"merge-base", "--is-ancestor", base, theirs}, is_ancestor);
+  if (!anc)
+    return anc.error();
+  if (anc->exit_code != 0)
+    return make_error(errc::failed_precondition,
+                      "the VM's snapshot " + theirs
+                        + " does not descend from the synced-up snapshot " + base);
+  apply_result result;
+  auto stat = git_text(top, {"diff", "--stat", "--no-color", "--no-ext-diff",
+                             "--no-textconv", base, theirs});
+  if (!stat)
+    return stat.error();
+  result.diffstat = *stat;
+  if (mode == apply_mode::dry_run || mode == apply_mode::branch) {
+    auto names = run_git(top, {"diff-tree", "-r", "-z", "--name-only", "--no-renames",
+                               base, theirs});
+    if (!names)
+      return names.error();
+    for (auto& p : split_nul(names->output))
+      if (!p.empty())
+        result.changed.push_back(p);
+  }
+  if (mode == apply_mode::dry_run)
+    return result;
+  auto keep_theirs = [&]() -> caf::error {
+    if (auto r = run_git(top, {"update-ref", "-m", "aloft: sync down", down_ref(session),
+                               theirs});
+        !r)
+      return r.error();
+    return {};
+  };
+
+  if (mode == apply_mode::branch) {
+    if (branch_name.empty() || branch_name[0] == '-')
+      return make_error(errc::invalid_argument,
+                        "not a branch name: " + printable(branch_name));
+    auto ref = "refs/heads/" + branch_name;
+    git_call check;
+    check.ok_codes = {0, 1, 128};
+    auto valid = run_git(top, {"check-ref-format", ref}, check);
+    if (!valid)
+      return valid.error();
+    if (valid->exit_code != 0)
+      return make_error(errc::invalid_argument,
+                        "not a valid branch name: " + printable(branch_name));
+    auto exists = run_git(top, {"rev-parse", "-q", "--verify", ref}, check);
+    if (!exists)
+      return exists.error();
+    if (exists->exit_code == 0)
+      return make_error(errc::already_exists,
+                        "branch " + branch_name + " already exists; choose another name");
+    if (auto err = keep_theirs())
+      return err;
+    auto commit = git_text(top, {"commit-tree", theirs + "^{tree}", "-p", base, "-m",
+                                 "aloft: changes of session " + session});
+    if (!commit)
+      return commit.error();
+    // The empty old value makes git refuse if the branch appeared meanwhile.
+    git_call create;
+    create.code = errc::already_exists;
+    if (auto r = run_git(top, {"update-ref", "-m", "aloft: branch of session " + session,
+                               ref, *commit, ""},
+                         create);
+        !r)
+      return r.error();
+    result.branch = branch_name;
+    return result;
+  }
+
+  // apply: save the local state before anything is written.
+  auto saved = next_local_ref(top, session);
+  if (!saved)
+    return saved.error();
+  auto work = take_snapshot(top, *saved, "aloft: local state before applying session "
+                                           + session);
+  if (!work)
+    return annotate(work.error(), "save the local state");
+  result.saved_ref = *saved;
+  if (auto err = keep_theirs())
+    return err;
+  const auto& ours_tree = work->snap.tree;
+  // Ours with `base` as its parent, so that merge-tree (git 2.39 has no
+  // --merge-base) takes `base` as the merge base even when HEAD moved or the
+  // local state is older or newer than the synced-up one.
+  auto ours = git_text(top, {"commit-tree", ours_tree, "-p", base, "-m",
+                             "aloft: local state for merging session " + session});
+  if (!ours)
+    return ours.error();
+  auto merged = merge_trees(top, *ours, theirs);
+  if (!merged)
+    return merged.error();
+  auto changes = diff_trees(top, ours_tree, merged->tree);
+  if (!changes)
+    return changes.error();
+
+  // Sort the changes into those written and those left as they are locally.
+  auto ours_entries = list_tree(top, work->snap.commit, {}, UINT64_MAX);
+  if (!ours_entries)
+    return ours_entries.error();
+  std::set<std::string> ours_paths;
+  for (auto& e : *ours_entries)
+    ours_paths.insert(e.path);
+  std::set<std::string> skipped = merged->conflicts;
+  std::set<std::string> replaced;
+  for (auto& c : *changes)
+    if (c.old_mode != 0)
+      replaced.insert(c.path);
+  for (auto& c : *changes) {
+    if (c.new_mode == 0 || related_to_any(c.path, skipped))
+      continue;
+    if (!local_obstacle(top, c.path, ours_paths, replaced).empty())
+      skipped.insert(c.path);
+  }
+  // A change inside (or around) a path left alone cannot be written either.
+  std::vector<const tree_change*> accepted;
+  for (bool grew = true; grew;) {
+    grew = false;
+    accepted.clear();
+    for (auto& c : *changes) {
+      if (skipped.count(c.path))
+        continue;
+      if (related_to_any(c.path, skipped)) {
+        skipped.insert(c.path);
+        grew = true;
+        continue;
+      }
+      accepted.push_back(&c);
+    }
+  }
+  for (auto& p : skipped)
+    result.conflicts.push_back(p);
+
+  // Build the result: ours plus the accepted changes, in a temporary index.
+  auto scratch = scratch_dir::make(paths->git_dir, "aloft-apply-");
+  if (!scratch)
+    return scratch.error();
+  git_call in_result;
+  in_result.env.index_file = (*scratch)->path() + "/index";
+  if (auto r = run_git(top, {"read-tree", ours_tree}, in_result); !r)
+    return r.error();
+  std::string info;
+  for (auto* c : accepted)
+    if (c->new_mode == 0)
+      info += "0 " + zero_oid + "\t" + c->path + '\0';
+  for (auto* c : accepted)
+    if (c->new_mode != 0) {
+      char mode[16];
+      std::snprintf(mode, sizeof(mode), "%o", c->new_mode);
+      info += std::string{mode} + " " + c->new_oid + "\t" + c->path + '\0';
+    }
+  if (!info.empty()) {
+    git_call update = in_result;
+    update.input = info;
+    if (auto r = run_git(top, {"update-index", "-z", "--index-info"}, update); !r)
+      return r.error();
+  }
+  auto result_tree = git_text(top, {"write-tree"}, in_result);
+  if (!result_tree)
+    return result_tree.error();
+
+  // Everything written comes from the VM: check it again as untrusted, in
+  // the context of the tree it lands in.
+  if (!accepted.empty()) {
+    auto entries = list_tree(top, *result_tree, {}, UINT64_MAX);
+    if (!entries)
+      return entries.error();
+    std::set<std::string> written;
+    for (auto* c : accepted)
+      if (c->new_mode != 0)
+        written.insert(c->path);
+    std::vector<bool> selected(entries->size());
+    for (size_t i = 0; i < entries->size(); ++i)
+      selected[i] = written.count((*entries)[i].path) > 0;
+    auto targets = symlink_targets_of(top, {}, *entries);
+    if (!targets)
+      return targets.error();
+    limits unbounded;
+    unbounded.max_files = UINT64_MAX;
+    unbounded.max_file_bytes = UINT64_MAX;
+    unbounded.max_tree_bytes = UINT64_MAX;
+    if (auto err = check_entries(*entries, *targets, unbounded, &selected))
+      return err;
+  }
+
+  // Write: a two-tree read-tree from the snapshot's own index (which matches
+  // the worktree) to the result. Git updates only the paths that differ,
+  // refuses to overwrite what changed since the snapshot or what it does not
+  // track, and removes a symlink or file standing in a new directory's way
+  // rather than writing through it. The user's index is never read or
+  // written.
+  if (*result_tree != ours_tree) {
+    git_call checkout;
+    checkout.env.index_file = work->index;
+    checkout.code = errc::aborted;
+    if (auto r = run_git(top, {"read-tree", "-m", "-u", ours_tree, *result_tree}, checkout);
+        !r)
+      return annotate(r.error(), "the worktree changed during the apply; nothing was "
+                                 "written and the local state is saved under "
+                                   + *saved + "; sync down again");
+  }
+  for (auto* c : accepted)
+    result.changed.push_back(c->path);
+  std::sort(result.changed.begin(), result.changed.end());
+  return result;
+}
+
+// -- VM commands -----------------------------------------------------------------
+
+std::string vm_prepare_command(const std::string& workdir) {
+  std::ostringstream cmd;
+  cmd << "W=" << shell_quote(workdir) << "\n"
+      << vm_preamble()
+      << "mkdir -p \"$W\" || fail \"cannot create the VM worktree $W\"\n"
+         "cd \"$W\" || fail \"cannot enter the VM worktree $W\"\n"
+         "if [ ! -d .git ]; then g -c init.defaultBranch=main init -q || fail \"git init "
+         "failed in $W\"; fi\n"
+         "g config core.hooksPath /dev/null || fail \"git config failed in $W\"\n";
+  return cmd.str();
+}
+
+std::string vm_receive_command(const std::string& workdir, const std::string& commit,
+                               const std::string& base) {
+  std::ostringstream cmd;
+  cmd << "W=" << shell_quote(workdir) << "; C=" << shell_quote(commit)
+      << "; B=" << shell_quote(base) << "\n"
+      << vm_preamble()
+      << "cd \"$W\" 2> /dev/null || fail \"the VM worktree $W is missing\"\n"
+         "[ -d .git ] || fail \"the VM worktree $W is not a git repository\"\n"
+         "g index-pack --stdin --fix-thin > /dev/null || fail \"git index-pack failed\"\n"
+         "g cat-file -e \"$C^{commit}\" || fail \"the pack did not hold commit $C\"\n"
+         "if [ -z \"$B\" ]; then\n"
+         "  g checkout -q -f --detach \"$C\" || fail \"git checkout failed in $W\"\n"
+         "else\n"
+         // A two-tree merge keeps the agent's own changes and refuses, before
+         // writing anything, when they touch what changed upstream.
+         "  g read-tree -m -u \"$B\" \"$C\" || fail \"the new snapshot conflicts with the "
+         "agent's changes on the VM; nothing was changed there\"\n"
+         "  g update-ref -m 'aloft: sync up' HEAD \"$C\" \"$B\" 2> /dev/null || :\n"
+         "fi\n"
+         "g update-ref -m 'aloft: sync up' refs/aloft/base \"$C\" || fail \"git update-ref "
+         "failed\"\n";
+  return cmd.str();
+}
+
+std::string vm_snapshot_command(const std::string& workdir, const std::string& base) {
+  std::ostringstream cmd;
+  cmd << "W=" << shell_quote(workdir) << "; B=" << shell_quote(base) << "\n"
+      << vm_preamble()
+      << "[ -d \"$W\" ] || fail \"the VM worktree $W is missing\"\n"
+         "cd \"$W\" || fail \"cannot enter the VM worktree $W\"\n"
+         "{ [ -d .git ] && g rev-parse --git-dir > /dev/null 2>&1; } || fail \"the VM "
+         "worktree $W is not a git repository any more\"\n"
+         "g cat-file -e \"$B^{commit}\" 2> /dev/null || fail \"the VM repository lacks the "
+         "synced-up snapshot $B\"\n"
+         "for s in rebase-merge rebase-apply MERGE_HEAD CHERRY_PICK_HEAD REVERT_HEAD; do\n"
+         "  [ -e \".git/$s\" ] && fail \"the VM repository is in the middle of a merge, "
+         "rebase or cherry-pick (.git/$s); finish or abort it on the VM first\"\n"
+         "done\n"
+         "e=1\n"
+         "for f in * .[!.]* ..?*; do\n"
+         "  [ \"$f\" = .git ] && continue\n"
+         "  if [ -e \"$f\" ] || [ -h \"$f\" ]; then e=; break; fi\n"
+         "done\n"
+         "[ -z \"$e\" ] || fail \"the VM worktree $W is empty (nothing but .git); nothing "
+         "to bring back\"\n"
+         "mkdir -p .git/aloft || fail \"cannot write to $W/.git\"\n"
+         "T=$(mktemp -d \"$PWD/.git/aloft/snapshot.XXXXXX\") || fail \"cannot create a "
+         "temporary directory in $W/.git/aloft\"\n"
+         "trap 'rm -rf \"$T\"' EXIT\n"
+         // The index of the previous snapshot (or the agent's own) keeps stat
+         // data, so git hashes only the files that changed since.
+         "if [ -f .git/aloft/index ]; then cp -p .git/aloft/index \"$T/index\" || fail "
+         "\"cannot copy an index\"\n"
+         "elif [ -f .git/index ] && ! g ls-files -v | grep -q '^[a-z]'; then cp -p "
+         ".git/index \"$T/index\" || fail \"cannot copy an index\"; fi\n"
+         "export GIT_INDEX_FILE=\"$T/index\"\n"
+         "g read-tree -m \"$B\" || fail \"git read-tree failed\"\n"
+         "g add -A || fail \"git add failed\"\n"
+         "g ls-files -s | sed -n 's/^160000 [0-9a-f]* [0-3]\t//p' > \"$T/links\" || fail "
+         "\"git ls-files failed\"\n"
+         "if [ -s \"$T/links\" ]; then\n"
+         "  g update-index --force-remove --stdin < \"$T/links\" || fail \"git update-index "
+         "failed\"\n"
+         "  echo \"aloft: not synced (nested repositories): $(tr '\\n' ' ' < \"$T/links\")\" "
+         ">&2\n"
+         "fi\n"
+         "t=$(g write-tree) || fail \"git write-tree failed\"\n"
+         "c=$(g commit-tree -p \"$B\" -m 'aloft: snapshot of the VM worktree' \"$t\") || "
+         "fail \"git commit-tree failed\"\n"
+         "g update-ref refs/aloft/snapshot \"$c\" || fail \"git update-ref failed\"\n"
+         "printf '%s\\n^%s\\n' \"$c\" \"$B\" | g pack-objects --stdout --revs --thin -q > "
+         "\"$T/pack\" || fail \"git pack-objects failed\"\n"
+         "mv -f \"$T/index\" .git/aloft/index || fail \"cannot keep the index\"\n"
+         "n=$(wc -c < \"$T/pack\") || fail \"cannot size the pack\"\n"
+         "printf '%s %s\\n' \"$c\" $n\n"
+         "cat \"$T/pack\"\n";
+  return cmd.str();
+}
+
+caf::error parse_snapshot_header(const std::string& line, std::string& commit,
+                                 uint64_t& pack_bytes) {
+  std::string_view s{line};
+  if (!s.empty() && s.back() == '\n')
+    s.remove_suffix(1);
+  auto bad = [&] {
+    return make_error(errc::data_loss,
+                      "the VM's snapshot header is malformed: "
+                        + printable(s.substr(0, 100)));
+  };
+  if (s.size() < 42 || s[40] != ' ' || !is_hex_oid(s.substr(0, 40)))
+    return bad();
+  auto digits = s.substr(41);
+  if (digits.empty() || digits.size() > 13
+      || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })
+      || (digits.size() > 1 && digits[0] == '0'))
+    return bad();
+  uint64_t n = 0;
+  for (char c : digits)
+    n = n * 10 + static_cast<uint64_t>(c - '0');
+  commit = std::string{s.substr(0, 40)};
+  pack_bytes = n;
+  return {};
+}
+
+} // namespace aloft::sync
