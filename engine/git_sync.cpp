@@ -1064,6 +1064,17 @@ caf::expected<tree_stats> stats_of(const std::string& repo, const std::string& c
   return stats_from(*entries);
 }
 
+caf::error update_ref(const std::string& repo, const std::string& ref,
+                      const std::string& commit) {
+  if (auto err = check_oid(commit, "update ref"))
+    return err;
+  if (ref.compare(0, 5, "refs/") != 0)
+    return make_error(errc::invalid_argument, "not a full ref name: " + printable(ref));
+  if (auto r = run_git(repo, {"update-ref", "-m", "aloft", ref, commit}); !r)
+    return annotate(r.error(), "update " + ref);
+  return {};
+}
+
 caf::error check_upload_size(const tree_stats& stats, const limits& lim) {
   if (stats.bytes <= lim.max_upload_bytes)
     return {};
@@ -1500,7 +1511,7 @@ std::string vm_snapshot_command(const std::string& workdir, const std::string& b
          "elif [ -f .git/index ] && ! g ls-files -v | grep -q '^[a-z]'; then cp -p "
          ".git/index \"$T/index\" || fail \"cannot copy an index\"; fi\n"
          "export GIT_INDEX_FILE=\"$T/index\"\n"
-         "g read-tree -m \"$B\" || fail \"git read-tree failed\"\n"
+         "g read-tree -i -m \"$B\" || fail \"git read-tree failed\"\n"
          "g add -A || fail \"git add failed\"\n"
          "g ls-files -s | sed -n 's/^160000 [0-9a-f]* [0-3]\t//p' > \"$T/links\" || fail "
          "\"git ls-files failed\"\n"
