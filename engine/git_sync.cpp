@@ -294,11 +294,12 @@ caf::error check_entries(const std::vector<tree_entry>& entries,
     return make_error(errc::resource_exhausted,
                       "the VM's tree has more than " + std::to_string(lim.max_files)
                         + " files (setting max_files)");
-  std::set<std::string> links, links_folded;
+  std::set<std::string> links;
+  std::map<std::string, std::string> links_folded; // folded -> as in the tree
   for (auto& e : entries)
     if (e.mode == mode_symlink) {
       links.insert(e.path);
-      links_folded.insert(ascii_lower(e.path));
+      links_folded.emplace(ascii_lower(e.path), e.path);
     }
   uint64_t total = 0;
   for (size_t i = 0; i < entries.size(); ++i) {
@@ -353,8 +354,10 @@ caf::error check_entries(const std::vector<tree_entry>& entries,
       auto parts = split_path(e.path);
       for (size_t n = 1; n < parts.size(); ++n) {
         auto prefix = join_path(parts, n);
-        if (links.count(prefix) || links_folded.count(ascii_lower(prefix)))
-          return refuse(e.path, "a path under the symlink " + printable(prefix)
+        auto folded = links_folded.find(ascii_lower(prefix));
+        if (links.count(prefix) || folded != links_folded.end())
+          return refuse(e.path, "a path under the symlink "
+                                  + printable(links.count(prefix) ? prefix : folded->second)
                                   + " (a write through a symlink)");
       }
     }
