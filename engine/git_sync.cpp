@@ -448,7 +448,9 @@ caf::expected<process_result> run_git(const std::string& dir,
   // Hooks and fsmonitor are programs named by config; sync never runs them.
   spec.argv = {"git", "-C", dir, "-c", "core.hooksPath=/dev/null",
                "-c", "core.fsmonitor=false", "-c", "core.splitIndex=false",
-               "-c", "advice.addEmbeddedRepo=false", "-c", "gc.auto=0"};
+               "-c", "advice.addEmbeddedRepo=false", "-c", "gc.auto=0",
+               // Parallel checkout (above git's 100-file threshold only).
+               "-c", "checkout.workers=0"};
   spec.argv.insert(spec.argv.end(), args.begin(), args.end());
   spec.env = git_environment(call.env);
   spec.input = call.input;
@@ -516,11 +518,14 @@ caf::expected<repo_paths> locate_repo(const std::string& worktree) {
   return repo_paths{lines[0], lines[1], lines[2], lines[3]};
 }
 
-// `git ls-tree -r -l -z` of `commit`, streamed, stopping past `max_entries`.
+// `git ls-tree -r -z` of `commit`, streamed, stopping past `max_entries`.
+// Sizes (`-l`) make git read every blob's header: about 20 us each for loose
+// objects, so callers that need no sizes leave them out.
 caf::expected<std::vector<tree_entry>> list_tree(const std::string& repo,
                                                  const std::string& commit,
                                                  const git_env& env,
-                                                 uint64_t max_entries) {
+                                                 uint64_t max_entries,
+                                                 bool with_sizes = true) {
   std::vector<tree_entry> entries;
   std::string pending;
   std::string parse_error;
@@ -536,24 +541,22 @@ caf::expected<std::vector<tree_entry>> list_tree(const std::string& repo,
         break;
       std::string_view rec{pending.data() + pos, end - pos};
       pos = end + 1;
-      // "<mode> SP <type> SP <object> SP+ <size> TAB <path>"
+      // "<mode> SP <type> SP <object> [SP+ <size>] TAB <path>"
       auto tab = rec.find('\t');
-      auto sp1 = rec.find(' ');
-      auto sp2 = sp1 == std::string_view::npos ? sp1 : rec.find(' ', sp1 + 1);
-      auto sp3 = sp2 == std::string_view::npos ? sp2 : rec.find(' ', sp2 + 1);
-      if (tab == std::string_view::npos || sp3 == std::string_view::npos || sp3 > tab) {
+      if (tab == std::string_view::npos) {
         parse_error = "git ls-tree: unexpected output";
         return false;
       }
+      std::istringstream fields{std::string{rec.substr(0, tab)}};
+      std::string mode, size;
       tree_entry e;
-      e.mode = static_cast<uint32_t>(
-        std::strtoul(std::string{rec.substr(0, sp1)}.c_str(), nullptr, 8));
-      e.type = std::string{rec.substr(sp1 + 1, sp2 - sp1 - 1)};
-      e.object = std::string{rec.substr(sp2 + 1, sp3 - sp2 - 1)};
-      auto size = rec.substr(sp3 + 1, tab - sp3 - 1);
-      while (!size.empty() && size.front() == ' ')
-        size.remove_prefix(1);
-      e.size = size == "-" ? 0 : std::strtoull(std::string{size}.c_str(), nullptr, 10);
+      fields >> mode >> e.type >> e.object >> size;
+      if (e.object.empty() || (with_sizes && size.empty())) {
+        parse_error = "git ls-tree: unexpected output";
+        return false;
+      }
+      e.mode = static_cast<uint32_t>(std::strtoul(mode.c_str(), nullptr, 8));
+      e.size = size.empty() || size == "-" ? 0 : std::strtoull(size.c_str(), nullptr, 10);
       e.path = std::string{rec.substr(tab + 1)};
       entries.push_back(std::move(e));
       if (entries.size() > max_entries) {
@@ -564,7 +567,10 @@ caf::expected<std::vector<tree_entry>> list_tree(const std::string& repo,
     pending.erase(0, pos);
     return true;
   };
-  auto r = run_git(repo, {"ls-tree", "-r", "-l", "-z", "--full-tree", commit}, call);
+  std::vector<std::string> args{"ls-tree", "-r", "-z", "--full-tree", commit};
+  if (with_sizes)
+    args.insert(args.begin() + 2, "-l");
+  auto r = run_git(repo, args, call);
   if (too_many)
     return make_error(errc::resource_exhausted,
                       "the tree of " + commit + " has more than "
@@ -724,6 +730,7 @@ struct snapshot_work {
   std::string index;
   std::string head; // empty for an unborn HEAD
   snapshot snap;
+  std::vector<tree_entry> entries; // of the snapshot, sizes as on disk
 };
 
 caf::expected<snapshot_work> take_snapshot(const std::string& worktree,
@@ -772,15 +779,48 @@ caf::expected<snapshot_work> take_snapshot(const std::string& worktree,
   auto staged = run_git(top, {"ls-files", "-s", "-z"}, in_temp);
   if (!staged)
     return staged.error();
+  // The sizes come from the files themselves: asking git (ls-tree -l) would
+  // read the header of every object, a cost that grows with the tree.
   std::string gitlinks;
-  for (auto& rec : split_nul(staged->output))
+  std::vector<size_t> unsized;
+  for (auto& rec : split_nul(staged->output)) {
+    auto tab = rec.find('\t');
+    if (tab == std::string::npos)
+      continue;
     if (rec.compare(0, 7, "160000 ") == 0) {
-      auto tab = rec.find('\t');
-      if (tab != std::string::npos) {
-        gitlinks += rec.substr(tab + 1);
-        gitlinks += '\0';
-      }
+      gitlinks += rec.substr(tab + 1);
+      gitlinks += '\0';
+      continue;
     }
+    std::istringstream fields{rec.substr(0, tab)};
+    std::string mode;
+    tree_entry e;
+    fields >> mode >> e.object;
+    e.mode = static_cast<uint32_t>(std::strtoul(mode.c_str(), nullptr, 8));
+    e.type = "blob";
+    e.path = rec.substr(tab + 1);
+    struct stat fst;
+    bool is_link = e.mode == mode_symlink;
+    if (::lstat((top + "/" + e.path).c_str(), &fst) == 0
+        && (is_link ? S_ISLNK(fst.st_mode) : S_ISREG(fst.st_mode)))
+      e.size = static_cast<uint64_t>(fst.st_size);
+    else
+      unsized.push_back(w.entries.size()); // not checked out (sparse)
+    w.entries.push_back(std::move(e));
+  }
+  if (!unsized.empty()) {
+    std::string oids;
+    for (auto i : unsized)
+      oids += w.entries[i].object + "\n";
+    git_call check;
+    check.input = oids;
+    auto sizes = run_git(top, {"cat-file", "--batch-check=%(objectsize)"}, check);
+    if (!sizes)
+      return sizes.error();
+    std::istringstream in{sizes->output};
+    for (auto i : unsized)
+      in >> w.entries[i].size;
+  }
   if (!gitlinks.empty()) {
     git_call remove = in_temp;
     remove.input = gitlinks;
@@ -803,12 +843,9 @@ caf::expected<snapshot_work> take_snapshot(const std::string& worktree,
   if (!ref.empty())
     if (auto r = run_git(top, {"update-ref", "-m", "aloft: snapshot", ref, *commit}); !r)
       return r.error();
-  auto entries = list_tree(top, *commit, {}, UINT64_MAX);
-  if (!entries)
-    return entries.error();
   w.snap.commit = *commit;
   w.snap.tree = *tree;
-  w.snap.stats = stats_from(*entries);
+  w.snap.stats = stats_from(w.entries);
   return w;
 }
 
@@ -991,7 +1028,8 @@ std::string vm_preamble() {
          "GIT_ALTERNATE_OBJECT_DIRECTORIES GIT_COMMON_DIR GIT_NAMESPACE\n"
          "fail() { echo \"aloft: $*\" >&2; exit 3; }\n"
          "g() { git -c core.hooksPath=/dev/null -c core.fsmonitor=false "
-         "-c core.splitIndex=false -c advice.addEmbeddedRepo=false -c gc.auto=0 \"$@\"; }\n";
+         "-c core.splitIndex=false -c advice.addEmbeddedRepo=false -c gc.auto=0 "
+         "-c checkout.workers=0 \"$@\"; }\n";
 }
 
 } // namespace
@@ -1104,9 +1142,17 @@ caf::expected<std::string> make_pack(const std::string& repo, const std::string&
       return err;
     revs += "^" + h + "\n";
   }
+  // Fast zlib: on a LAN or loopback the pack is CPU-bound, and level 1 costs
+  // well under a percent in size on source trees.
   std::vector<std::string> args{"pack-objects", "--stdout", "--revs", "-q",
-                                "--delta-base-offset"};
-  if (!have.empty())
+                                "--delta-base-offset", "--compression=1"};
+  // A first sync is mostly loose objects that have no delta yet; searching
+  // for them costs seconds on 10,000 files and saves little. Deltas already
+  // in the repository's packs are still reused. Later syncs are small and
+  // gain most from deltas against what the VM has.
+  if (have.empty())
+    args.push_back("--window=0");
+  else
     args.push_back("--thin");
   git_call call;
   call.input = revs;
@@ -1131,19 +1177,73 @@ caf::error validate_untrusted_tree(const std::string& repo, const std::string& c
   git_call call;
   call.env = env;
   call.code = errc::data_loss;
-  auto type = git_text(repo, {"cat-file", "-t", commit}, call);
-  if (!type)
-    return annotate(type.error(), "the VM's snapshot " + commit);
-  if (*type != "commit")
-    return make_error(errc::data_loss, "the VM's snapshot " + commit + " is a " + *type
-                                         + ", not a commit");
-  auto entries = list_tree(repo, commit, env, lim.max_files);
+  auto body = git_text(repo, {"cat-file", "commit", commit}, call);
+  if (!body)
+    return annotate(body.error(), "the VM's snapshot " + commit + " is not a readable commit");
+  std::vector<std::string> parents;
+  std::istringstream lines{*body};
+  for (std::string line; std::getline(lines, line) && !line.empty();)
+    if (line.compare(0, 7, "parent ") == 0)
+      parents.push_back(line.substr(7));
+  auto entries = list_tree(repo, commit, env, lim.max_files, false);
   if (!entries)
     return entries.error();
+
+  // What the VM left as it was in the repository's own parent commit (the
+  // synced-up snapshot) came from the user and is only context: a user may
+  // well have a symlink to /opt. The rules and limits judge what the VM
+  // added or changed.
+  std::map<std::string, std::pair<uint32_t, std::string>> inherited;
+  if (parents.size() == 1 && is_hex_oid(parents[0])) {
+    git_call in_repo;
+    in_repo.ok_codes = {0, 1, 128};
+    auto local = run_git(repo, {"cat-file", "-e", parents[0] + "^{commit}"}, in_repo);
+    if (!local)
+      return local.error();
+    if (local->exit_code == 0) {
+      auto base_entries = list_tree(repo, parents[0], {}, UINT64_MAX, false);
+      if (!base_entries)
+        return base_entries.error();
+      for (auto& e : *base_entries)
+        inherited.emplace(e.path, std::make_pair(e.mode, e.object));
+    }
+  }
+  std::vector<bool> selected(entries->size());
+  std::set<std::string> new_blobs;
+  for (size_t i = 0; i < entries->size(); ++i) {
+    auto& e = (*entries)[i];
+    auto it = inherited.find(e.path);
+    selected[i] = it == inherited.end() || it->second.first != e.mode
+                  || it->second.second != e.object;
+    if (selected[i] && e.type == "blob")
+      new_blobs.insert(e.object);
+  }
+  // Sizes of the new blobs only (each read once, however often the tree
+  // names it).
+  if (!new_blobs.empty()) {
+    std::string oids;
+    for (auto& o : new_blobs)
+      oids += o + "\n";
+    git_call check = call;
+    check.input = oids;
+    auto r = run_git(repo, {"cat-file", "--batch-check=%(objectname) %(objectsize)"}, check);
+    if (!r)
+      return r.error();
+    std::map<std::string, uint64_t> sizes;
+    std::istringstream in{r->output};
+    for (std::string oid, size; in >> oid >> size;) {
+      if (size == "missing")
+        return make_error(errc::data_loss, "the VM's snapshot lacks object " + oid);
+      sizes[oid] = std::strtoull(size.c_str(), nullptr, 10);
+    }
+    for (size_t i = 0; i < entries->size(); ++i)
+      if (selected[i] && (*entries)[i].type == "blob")
+        (*entries)[i].size = sizes[(*entries)[i].object];
+  }
   auto targets = symlink_targets_of(repo, env, *entries);
   if (!targets)
     return targets.error();
-  return check_entries(*entries, *targets, lim, nullptr);
+  return check_entries(*entries, *targets, lim, &selected);
 }
 
 caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack,
@@ -1334,11 +1434,8 @@ caf::expected<apply_result> apply_down(const std::string& worktree, const std::s
     return changes.error();
 
   // Sort the changes into those written and those left as they are locally.
-  auto ours_entries = list_tree(top, work->snap.commit, {}, UINT64_MAX);
-  if (!ours_entries)
-    return ours_entries.error();
   std::set<std::string> ours_paths;
-  for (auto& e : *ours_entries)
+  for (auto& e : work->entries)
     ours_paths.insert(e.path);
   std::set<std::string> skipped = merged->conflicts;
   std::set<std::string> replaced;
@@ -1401,7 +1498,8 @@ caf::expected<apply_result> apply_down(const std::string& worktree, const std::s
   // Everything written comes from the VM: check it again as untrusted, in
   // the context of the tree it lands in.
   if (!accepted.empty()) {
-    auto entries = list_tree(top, *result_tree, {}, UINT64_MAX);
+    // Without sizes: the limits were applied when the objects came in.
+    auto entries = list_tree(top, *result_tree, {}, UINT64_MAX, false);
     if (!entries)
       return entries.error();
     std::set<std::string> written;
@@ -1528,7 +1626,7 @@ std::string vm_snapshot_command(const std::string& workdir, const std::string& b
          "c=$(g commit-tree -p \"$B\" -m 'aloft: snapshot of the VM worktree' \"$t\") || "
          "fail \"git commit-tree failed\"\n"
          "g update-ref refs/aloft/snapshot \"$c\" || fail \"git update-ref failed\"\n"
-         "printf '%s\\n^%s\\n' \"$c\" \"$B\" | g pack-objects --stdout --revs --thin -q > "
+         "printf '%s\\n^%s\\n' \"$c\" \"$B\" | g pack-objects --stdout --revs --thin -q --compression=1 > "
          "\"$T/pack\" || fail \"git pack-objects failed\"\n"
          "mv -f \"$T/index\" .git/aloft/index || fail \"cannot keep the index\"\n"
          "n=$(wc -c < \"$T/pack\") || fail \"cannot size the pack\"\n"

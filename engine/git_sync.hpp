@@ -74,7 +74,8 @@ caf::expected<std::string> check_worktree(const std::string& worktree,
 /// ignored (with executable bits, symlinks, binary and empty files) as a
 /// commit whose parent is HEAD (none in a repository without commits), using
 /// a temporary index: the user's index, files and branches are untouched.
-/// Stores it under `ref` when `ref` is not empty.
+/// Stores it under `ref` when `ref` is not empty. Its stats count the sizes
+/// of the files on disk (what an upload would cost).
 caf::expected<snapshot> snapshot_worktree(const std::string& worktree,
                                           const std::string& ref,
                                           const std::string& message);
@@ -131,7 +132,11 @@ caf::error check_untrusted_entries(const std::vector<tree_entry>& entries,
 /// `git~1`, NTFS streams, HFS ignorables), gitlinks, symlinks pointing
 /// outside the worktree, files under a symlinked directory (writes through a
 /// symlink), and trees or blobs over the limits. `object_dir` is where the
-/// objects are (quarantine), empty for the repository's own. Errors:
+/// objects are (quarantine), empty for the repository's own. The rules and
+/// size limits judge what the VM added or changed: entries identical to the
+/// commit's parent (when that is a commit of the repository itself, i.e. the
+/// synced-up snapshot) came from the user and serve only as context (a
+/// user's own symlink to /opt is fine; a new path through it is not). Errors:
 /// permission_denied for a refused path, resource_exhausted for a limit
 /// (naming the setting), data_loss for missing or malformed objects.
 caf::error validate_untrusted_tree(const std::string& repo, const std::string& commit,

@@ -271,6 +271,27 @@ TEST_F(git_sync_down, a_snapshot_not_on_top_of_the_base_is_refused) {
   EXPECT_EQ(code_of(bad_session.error()), errc::invalid_argument);
 }
 
+TEST_F(git_sync_down, the_users_own_symlinks_out_of_the_tree_do_not_block_a_sync) {
+  // The user's repository has a symlink to an absolute path; the VM keeps it
+  // and changes something else.
+  ASSERT_EQ(::symlink("/opt/shared", (local + "/shared").c_str()), 0);
+  auto up = sync_up(base).commit;
+  write_file(vm + "/keep.txt", "changed by the agent\n");
+  auto theirs = sync_down_objects(up);
+  ASSERT_TRUE(theirs) << describe(theirs.error());
+  auto r = sync::apply_down(local, session, up, *theirs, sync::apply_mode::apply, "");
+  ASSERT_TRUE(r) << describe(r.error());
+  EXPECT_EQ(read_file(local + "/keep.txt"), "changed by the agent\n");
+  EXPECT_EQ(fs::read_symlink(local + "/shared"), "/opt/shared");
+
+  // A new path through it, or a new symlink like it, is still refused.
+  ASSERT_EQ(::symlink("shared/x", (vm + "/through").c_str()), 0);
+  auto refused = sync_down_objects(up);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(message_of(refused.error()).find("'through'"), std::string::npos)
+    << describe(refused.error());
+}
+
 TEST_F(git_sync_down, a_broken_vm_worktree_changes_nothing_locally) {
   auto before = read_worktree(local);
   auto refs = git(local, {"for-each-ref"});
