@@ -38,5 +38,8 @@ using warn_atom = caf::atom_constant<caf::atom("warn")>;
 using unsub_atom = caf::atom_constant<caf::atom("unsub")>;
 using events_atom = caf::atom_constant<caf::atom("events")>;
 using lookup_atom = caf::atom_constant<caf::atom("lookup")>;
+using sync_atom = caf::atom_constant<caf::atom("sync")>;
+using sync_up_atom = caf::atom_constant<caf::atom("syncup")>;
+using sync_down_atom = caf::atom_constant<caf::atom("syncdown")>;
 
 } // namespace aloft

@@ -12,6 +12,7 @@
 #include "actors/account.hpp"
 #include "actors/atoms.hpp"
 #include "actors/messages.hpp"
+#include "actors/sync.hpp"
 #include "engine/base/error.hpp"
 #include "engine/clock.hpp"
 #include "persistence/store.hpp"
@@ -112,6 +113,19 @@ public:
         if (s == live_.end())
           return not_live(id);
         return delegate(s->second, extend_atom::value, seconds);
+      },
+      [=](sync_up_atom, const std::string& id) -> caf::result<caf::message> {
+        auto s = live_.find(id);
+        if (s == live_.end())
+          return not_live(id);
+        return delegate(s->second, sync_up_atom::value);
+      },
+      [=](sync_down_atom, const std::string& id, sync::apply_mode mode,
+          const std::string& branch) -> caf::result<caf::message> {
+        auto s = live_.find(id);
+        if (s == live_.end())
+          return not_live(id);
+        return delegate(s->second, sync_down_atom::value, mode, branch);
       },
       [=](activity_atom, const std::string& id, const std::string& source) {
         auto s = live_.find(id);

@@ -13,6 +13,7 @@
 
 #include "actors/atoms.hpp"
 #include "actors/messages.hpp"
+#include "actors/sync.hpp"
 #include "actors/watchdog.hpp"
 #include "engine/agent_script.hpp"
 #include "engine/base/error.hpp"
@@ -75,6 +76,9 @@ public:
                [rp]() mutable { rp.deliver(done_atom::value); });
         return rp;
       },
+      [=](sync_up_atom) -> caf::result<sync_outcome> { return not_syncable(); },
+      [=](sync_down_atom, sync::apply_mode, const std::string&)
+        -> caf::result<sync_outcome> { return not_syncable(); },
       // Only a running session has an agent whose activity counts and a
       // watchdog whose verdicts apply.
       [=](activity_atom, const std::string&) {},
@@ -115,6 +119,11 @@ private:
   caf::behavior running_() {
     return caf::message_handler{
       [=](stop_atom) -> caf::result<done_atom> { return stop_agent(); },
+      [=](sync_up_atom) -> caf::result<sync_outcome> {
+        return run_sync(true, false, sync::apply_mode::apply, {});
+      },
+      [=](sync_down_atom, sync::apply_mode mode, const std::string& branch)
+        -> caf::result<sync_outcome> { return run_sync(false, false, mode, branch); },
       [=](activity_atom, const std::string& source) { activity(source); },
       [=](timeout_atom, watchdog_action action) { on_watchdog(action); },
     }.or_else(common_);
@@ -333,7 +342,11 @@ private:
             return;
           }
           transport_ = std::move(*t);
-          launch_agent();
+          if (rec_.state == session_state::booting && rec_.synced_up.empty()
+              && !rec_.worktree.empty())
+            initial_sync_up();
+          else
+            launch_agent();
         }});
       });
     });
@@ -629,7 +642,9 @@ private:
   }
 
   void on_watchdog(watchdog_action action) {
-    if (rec_.state != session_state::running)
+    // While the work is being saved before a timed destroy, the verdict is
+    // already in.
+    if (rec_.state != session_state::running || saving_)
       return;
     switch (action) {
       case watchdog_action::warn_hard: {
@@ -648,13 +663,12 @@ private:
                              + "); auto-destroy is off, so the VM keeps running");
         break;
       case watchdog_action::finish_idle:
-        finish("idle timeout: no activity for "
-                 + std::to_string(rec_.idle_timeout_ms / 1000) + " s (last: "
-                 + rec_.last_activity + ")",
-               session_state::destroyed, nullptr);
+        save_then_finish("idle timeout: no activity for "
+                         + std::to_string(rec_.idle_timeout_ms / 1000) + " s (last: "
+                         + rec_.last_activity + ")");
         break;
       case watchdog_action::finish_hard:
-        finish("hard timeout reached", session_state::destroyed, nullptr);
+        save_then_finish("hard timeout reached");
         break;
       case watchdog_action::none:
         break;
@@ -679,6 +693,112 @@ private:
       rp.deliver(rec_);
     });
     return rp;
+  }
+
+  // -- sync -------------------------------------------------------------------
+
+  caf::error not_syncable() {
+    return make_error(errc::failed_precondition,
+                      "session " + rec_.id + " is " + to_string(rec_.state)
+                        + "; syncing needs its VM running");
+  }
+
+  sync_job make_job(bool up, bool safety, sync::apply_mode mode, const std::string& branch) {
+    sync_job job;
+    job.session = rec_.id;
+    job.up = up;
+    job.safety = safety;
+    job.worktree = rec_.worktree;
+    job.workdir = rec_.workdir;
+    job.base = rec_.synced_up;
+    job.mode = mode;
+    job.branch = branch;
+    return job;
+  }
+
+  // Runs one sync job and records what it moved. One job at a time.
+  caf::result<sync_outcome> run_sync(bool up, bool safety, sync::apply_mode mode,
+                                     const std::string& branch) {
+    if (!transport_)
+      return make_error(errc::unavailable, "session " + rec_.id
+                                             + " is reconnecting to its VM; try again");
+    if (sync_in_flight_)
+      return make_error(errc::unavailable,
+                        "a sync of session " + rec_.id + " is running; try again when it ends");
+    auto rp = make_response_promise();
+    start_sync(make_job(up, safety, mode, branch),
+               [rp](caf::expected<sync_outcome> r) mutable {
+                 if (r)
+                   rp.deliver(std::move(*r));
+                 else
+                   rp.deliver(std::move(r.error()));
+               });
+    return rp;
+  }
+
+  void start_sync(sync_job job, std::function<void(caf::expected<sync_outcome>)> done) {
+    sync_in_flight_ = true;
+    activity("sync");
+    auto up = job.up;
+    auto safety = job.safety;
+    auto s = spawn_sync(system(), std::move(job), transport_, env_->blocking, env_->registry);
+    request(s, caf::infinite, sync_atom::value)
+      .then(
+        [=](sync_outcome& out) {
+          sync_in_flight_ = false;
+          activity("sync");
+          if (!out.commit.empty()) {
+            if (up)
+              rec_.synced_up = out.commit;
+            else if (safety)
+              rec_.safety_ref = out.ref;
+            else
+              rec_.synced_down = out.commit;
+          }
+          persist([=]() mutable { done(std::move(out)); });
+        },
+        [=](caf::error& err) {
+          sync_in_flight_ = false;
+          done(std::move(err));
+        });
+  }
+
+  void initial_sync_up() {
+    start_sync(make_job(true, false, sync::apply_mode::apply, {}),
+               [=](caf::expected<sync_outcome> r) {
+                 if (!r) {
+                   fail("initial sync up: " + describe(r.error()));
+                   return;
+                 }
+                 for (auto& note : r->notes)
+                   publish("warning", note);
+                 if (!r->commit.empty())
+                   publish("sync", "worktree synced up: " + std::to_string(r->files)
+                                     + " files, " + std::to_string(r->bytes)
+                                     + " pack bytes, snapshot " + r->commit.substr(0, 12));
+                 launch_agent();
+               });
+  }
+
+  // Before a timed destroy, the agent's work goes to the safety ref (never
+  // into the worktree). A failure is reported; the VM is destroyed anyway,
+  // since a timed destroy is what keeps it from running away.
+  void save_then_finish(const std::string& reason) {
+    if (!transport_ || rec_.synced_up.empty() || sync_in_flight_) {
+      finish(reason, session_state::destroyed, nullptr);
+      return;
+    }
+    watchdog_disarm();
+    saving_ = true;
+    start_sync(make_job(false, true, sync::apply_mode::apply, {}),
+               [=](caf::expected<sync_outcome> r) {
+                 if (r)
+                   finish(reason + "; the agent's work is saved in " + r->ref,
+                          session_state::destroyed, nullptr);
+                 else
+                   finish(reason + "; saving the agent's work failed: " + describe(r.error()),
+                          session_state::destroyed, nullptr);
+               });
   }
 
   // -- finishing --------------------------------------------------------------
@@ -879,6 +999,8 @@ private:
   bool catching_up_ = false; // rehydrated; the VM not looked at yet
   int64_t persisted_idle_deadline_ = 0;
   bool create_in_flight_ = false;
+  bool sync_in_flight_ = false;
+  bool saving_ = false; // syncing to the safety ref before a timed destroy
   bool finishing_ = false;
   bool checking_vm_ = false;
   session_state final_state_ = session_state::destroyed;

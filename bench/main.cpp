@@ -8,7 +8,7 @@
 //
 //   aloft-bench [--quick] [--scenario NAME] [--json FILE]
 //
-// Scenarios: launch_storm, durability, local.
+// Scenarios: launch_storm, durability, local, sync.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -17,6 +17,8 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <random>
+#include <sys/stat.h>
 #include <string>
 #include <thread>
 #include <unistd.h>
@@ -231,6 +233,116 @@ void local_sessions(report& out, size_t n) {
   remove_tree(home);
 }
 
+// -- sync --------------------------------------------------------------------------
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+int run_shell(const std::string& cmd) {
+  return std::system(("sh -c '" + cmd + "' > /dev/null 2>&1").c_str());
+}
+
+// A tree of `files` files and about `bytes` bytes of text, committed.
+void generate_tree(const std::string& dir, size_t files, size_t bytes) {
+  std::mt19937 rng{7};
+  const char* words[] = {"int", "return", "value", "struct", "for", "while", "session",
+                         "actor", "engine", "sync", "const", "auto", "std::string", "{", "}"};
+  auto per_file = bytes / files;
+  for (size_t i = 0; i < files; ++i) {
+    auto sub = dir + "/d" + std::to_string(i % 100);
+    ::mkdir(sub.c_str(), 0755);
+    std::string text;
+    text.reserve(per_file + 64);
+    while (text.size() < per_file) {
+      text += words[rng() % 15];
+      text += (rng() % 8 == 0) ? '\n' : ' ';
+      if (rng() % 64 == 0)
+        text += std::to_string(rng());
+    }
+    std::ofstream{sub + "/f" + std::to_string(i) + ".txt"} << text;
+  }
+  run_shell("cd " + dir + " && git init -q && git add -A && git -c user.name=b -c "
+            "user.email=b@b commit -qm tree");
+}
+
+void sync_scenario(report& out, size_t files, size_t bytes, int runs) {
+  auto home = temp_home();
+  auto wt = home + "/worktree";
+  ::mkdir(wt.c_str(), 0755);
+  generate_tree(wt, files, bytes);
+  engine_options opts;
+  opts.home = home + "/aloft";
+  auto e = open_engine(opts);
+  if (!e) {
+    out.check(false, "open engine: " + describe(e.error()));
+    return;
+  }
+  auto& eng = **e;
+  std::vector<double> initial, tar_base, incremental, down;
+  for (int run = 0; run < runs; ++run) {
+    launch_request req;
+    req.agent_cmd = "sleep 3600";
+    req.worktree = wt;
+    auto t0 = clock_type::now();
+    auto rec = eng.launch(req);
+    if (!rec) {
+      out.check(false, "sync: launch failed");
+      break;
+    }
+    session_record live;
+    bool up = wait_for([&] {
+      auto v = eng.show(rec->id);
+      if (v && v->record.state == session_state::running) {
+        live = v->record;
+        return true;
+      }
+      return v && is_terminal(v->record.state);
+    }, 300);
+    initial.push_back(seconds_since(t0));
+    out.check(up && !live.synced_up.empty(), "sync: the initial sync did not happen");
+    if (!up || live.synced_up.empty())
+      break;
+    // Baseline: the same files through `tar c | ssh tar x` over the same sshd.
+    auto key = opts.home + "/keys/" + live.id + "/client";
+    auto target = live.workdir + "-tar";
+    auto ssh = "ssh -i " + key + " -p " + std::to_string(live.port)
+               + " -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+                 " -o LogLevel=ERROR " + live.user + "@127.0.0.1";
+    t0 = clock_type::now();
+    run_shell("tar c -C " + wt + " --exclude=.git . | " + ssh + " \"mkdir -p " + target
+              + " && tar x -C " + target + "\"");
+    tar_base.push_back(seconds_since(t0));
+    // One changed file, on the open session.
+    std::ofstream{wt + "/d0/f0.txt", std::ios::app} << "one more line " << run << "\n";
+    t0 = clock_type::now();
+    auto inc = eng.sync_up(live.id);
+    incremental.push_back(seconds_since(t0));
+    out.check(bool(inc), "sync: incremental sync up failed");
+    // 100 files changed by the agent, brought down.
+    for (int i = 0; i < 100; ++i)
+      std::ofstream{live.workdir + "/d" + std::to_string(i % 100) + "/f" + std::to_string(i + 100)
+                      + ".txt",
+                    std::ios::app}
+        << "agent edit " << run << "\n";
+    t0 = clock_type::now();
+    auto dn = eng.sync_down({live.id, sync_down_mode::apply, {}});
+    down.push_back(seconds_since(t0));
+    out.check(dn && dn->changed.size() >= 100, "sync: sync down of 100 files failed");
+    run_shell("cd " + wt + " && git -c user.name=b -c user.email=b@b commit -qam next");
+    ignore_error(eng.destroy(live.id));
+  }
+  wait_for([&] { return count_state(eng, session_state::running) == 0; }, 60);
+  out.add({"sync", "initial sync up (launch to running), median s", median(initial), "s",
+           median(tar_base)});
+  out.add({"sync", "one-file incremental sync up, median ms", median(incremental) * 1000,
+           "ms"});
+  out.add({"sync", "sync down of 100 changed files, median ms", median(down) * 1000, "ms"});
+  e->reset();
+  remove_tree(home);
+}
+
 void print(const report& r, const std::string& json_path) {
   std::printf("%-14s %-52s %14s %14s %8s\n", "scenario", "figure", "value", "baseline",
               "ratio");
@@ -273,7 +385,7 @@ int main(int argc, char** argv) {
       json_path = argv[++i];
     else {
       std::fprintf(stderr,
-                   "usage: aloft-bench [--quick] [--scenario launch_storm|durability|local]"
+                   "usage: aloft-bench [--quick] [--scenario launch_storm|durability|local|sync]"
                    " [--json FILE]\n");
       return 2;
     }
@@ -285,6 +397,8 @@ int main(int argc, char** argv) {
     durability(r, quick ? 2'000 : 40'000, 64);
   if (only.empty() || only == "local")
     local_sessions(r, quick ? 3 : 100);
+  if (only.empty() || only == "sync")
+    sync_scenario(r, quick ? 200 : 10'000, quick ? (2u << 20) : (100u << 20), quick ? 1 : 5);
   print(r, json_path);
   return r.sane ? 0 : 1;
 }

@@ -94,6 +94,9 @@ json to_json(const session_record& r) {
   j.set("hard_warned", r.hard_warned);
   j.set("last_activity", r.last_activity);
   j.set("last_activity_at", r.last_activity_at);
+  j.set("synced_up", r.synced_up);
+  j.set("synced_down", r.synced_down);
+  j.set("safety_ref", r.safety_ref);
   j.set("reason", r.reason);
   j.set("transitions", static_cast<long long>(r.transitions));
   return j;
@@ -153,6 +156,9 @@ caf::expected<session_record> session_record_from_json(const json& j) {
   r.last_activity = j.get_string("last_activity");
   r.last_activity_at = j.get_int("last_activity_at");
   r.reason = j.get_string("reason");
+  r.synced_up = j.get_string("synced_up");
+  r.synced_down = j.get_string("synced_down");
+  r.safety_ref = j.get_string("safety_ref");
   r.transitions = static_cast<uint64_t>(j.get_int("transitions"));
   return r;
 }

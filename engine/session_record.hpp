@@ -18,6 +18,8 @@
 //   v2: adds auto_destroy, last_activity, last_activity_at, reason,
 //       transitions, hard_warned, agent_status, exit_code. A v1 record reads
 //       with auto_destroy = true and agent_status derived from exit_code.
+//   v3: adds synced_up, synced_down, safety_ref (sync). Older records read
+//       with them empty.
 #pragma once
 
 #include <cstdint>
@@ -61,7 +63,7 @@ const char* to_string(agent_status s);
 bool agent_status_from_string(const std::string& name, agent_status& out);
 
 struct session_record {
-  static constexpr int current_version = 2;
+  static constexpr int current_version = 3;
 
   int version = current_version;
   std::string id;
@@ -96,6 +98,12 @@ struct session_record {
   bool hard_warned = false;
   std::string last_activity; // what last pushed the idle deadline
   int64_t last_activity_at = 0;
+
+  // Sync: the last snapshots moved each way, and the safety ref taken
+  // before a timed destroy.
+  std::string synced_up;
+  std::string synced_down;
+  std::string safety_ref;
 
   std::string reason; // why failed/lost/destroyed
   uint64_t transitions = 0;

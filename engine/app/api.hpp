@@ -47,6 +47,31 @@ struct attach_info {
   std::string command; // the remote command that attaches to the agent
 };
 
+/// How `sync_down` brings the agent's changes home.
+enum class sync_down_mode { apply, branch, dry_run };
+
+struct sync_down_request {
+  std::string id;
+  sync_down_mode mode = sync_down_mode::apply;
+  std::string branch; // branch mode: the new branch's name
+};
+
+/// What a sync job did.
+struct sync_result {
+  std::string direction; // "up" or "down"
+  std::string commit;    // the snapshot moved
+  std::string base;      // the last synced-up snapshot it is relative to
+  std::string ref;       // where the snapshot is stored locally
+  uint64_t bytes = 0;    // pack bytes moved
+  uint64_t files = 0;    // files in the snapshot (up)
+  std::vector<std::string> changed;   // down: paths written (or, dry run, that would be)
+  std::vector<std::string> conflicts; // down/apply: paths left as they were locally
+  std::vector<std::string> notes;     // what is not synced (submodules, ...)
+  std::string saved_ref; // down/apply: the local state saved before writing
+  std::string branch;    // down/branch: the branch created
+  std::string diffstat;  // down: what changed, as `git diff --stat`
+};
+
 class engine {
 public:
   virtual ~engine() = default;
@@ -80,6 +105,18 @@ public:
 
   /// Reports activity from outside the engine (attach input).
   virtual void activity(const std::string& id, const std::string& source) = 0;
+
+  /// Sends the local worktree's current state to the VM (only the objects
+  /// the VM lacks) and updates the VM's checkout. Publishes `sync` progress
+  /// events. Errors: failed_precondition (VM not running, not a git
+  /// worktree), resource_exhausted (over the upload limit).
+  virtual caf::expected<sync_result> sync_up(const std::string& id) = 0;
+
+  /// Snapshots the agent's worktree on the VM, brings the new objects back
+  /// (checked as untrusted), stores the snapshot under the session's refs,
+  /// then applies it, makes a branch, or only reports (dry run). Nothing
+  /// local is overwritten. Publishes `sync` progress events.
+  virtual caf::expected<sync_result> sync_down(const sync_down_request& req) = 0;
 
   /// The local file holding the agent's output delivered so far.
   virtual caf::expected<std::string> log_path(const std::string& id) = 0;

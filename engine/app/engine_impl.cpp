@@ -15,6 +15,7 @@
 #include "actors/atoms.hpp"
 #include "actors/messages.hpp"
 #include "actors/registry.hpp"
+#include "actors/sync.hpp"
 #include "engine/agent_script.hpp"
 #include "engine/base/error.hpp"
 #include "engine/base/ids.hpp"
@@ -253,6 +254,29 @@ public:
     caf::anon_send(registry_, activity_atom::value, id, source);
   }
 
+  caf::expected<sync_result> sync_up(const std::string& id) override {
+    auto out = call_long<sync_outcome>(sync_up_atom::value, id);
+    if (!out)
+      return out.error();
+    auto r = to_result(*out);
+    r.direction = "up";
+    return r;
+  }
+
+  caf::expected<sync_result> sync_down(const sync_down_request& req) override {
+    auto mode = req.mode == sync_down_mode::branch    ? sync::apply_mode::branch
+                : req.mode == sync_down_mode::dry_run ? sync::apply_mode::dry_run
+                                                      : sync::apply_mode::apply;
+    if (mode == sync::apply_mode::branch && req.branch.empty())
+      return make_error(errc::invalid_argument, "sync down to a branch needs its name");
+    auto out = call_long<sync_outcome>(sync_down_atom::value, req.id, mode, req.branch);
+    if (!out)
+      return out.error();
+    auto r = to_result(*out);
+    r.direction = "down";
+    return r;
+  }
+
   caf::expected<std::string> log_path(const std::string& id) override {
     auto rec = call<session_record>(get_atom::value, id);
     if (!rec)
@@ -289,6 +313,33 @@ private:
                             : std::move(err);
                });
     return result;
+  }
+
+  // Sync jobs move whole trees: they get an hour, not the usual 30 s.
+  template <class T, class... Ts>
+  caf::expected<T> call_long(Ts&&... xs) {
+    caf::scoped_actor self{*sys_};
+    caf::expected<T> result{make_error(errc::internal, "no reply")};
+    self->request(registry_, std::chrono::seconds(3600), std::forward<Ts>(xs)...)
+      .receive([&](T& x) { result = std::move(x); },
+               [&](caf::error& err) { result = std::move(err); });
+    return result;
+  }
+
+  static sync_result to_result(const sync_outcome& out) {
+    sync_result r;
+    r.commit = out.commit;
+    r.base = out.base;
+    r.ref = out.ref;
+    r.bytes = out.bytes;
+    r.files = out.files;
+    r.notes = out.notes;
+    r.changed = out.applied.changed;
+    r.conflicts = out.applied.conflicts;
+    r.saved_ref = out.applied.saved_ref;
+    r.branch = out.applied.branch;
+    r.diffstat = out.applied.diffstat;
+    return r;
   }
 
   std::string account_names() const {

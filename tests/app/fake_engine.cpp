@@ -1,6 +1,7 @@
 #include "tests/app/fake_engine.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -166,6 +167,137 @@ caf::expected<std::string> fake_engine::log_path(const std::string& id) {
   if (!sessions_.count(id))
     return make_error(errc::not_found, "no session " + id);
   return log_dir_ + "/" + id + ".log";
+}
+
+caf::expected<sync_result> fake_engine::sync_up(const std::string& id) {
+  return run_sync("up", id, nullptr);
+}
+
+caf::expected<sync_result> fake_engine::sync_down(const sync_down_request& req) {
+  return run_sync("down", req.id, &req);
+}
+
+caf::expected<sync_result> fake_engine::run_sync(const std::string& direction,
+                                                 const std::string& id,
+                                                 const sync_down_request* down) {
+  std::vector<sync_step> steps;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (!sessions_.count(id))
+      return make_error(errc::not_found, "no session " + id);
+    if (down)
+      down_requests_.push_back(*down);
+    steps = custom_steps_
+              ? sync_steps_
+              : std::vector<sync_step>{{"snapshot", 0, 0},
+                                       {direction == "up" ? "send" : "receive", 2048, 4096},
+                                       {direction == "up" ? "send" : "receive", 4096, 4096},
+                                       {"done", 4096, 4096}};
+    ++syncs_started_;
+    ++syncs_inside_;
+    max_syncs_inside_ = std::max(max_syncs_inside_, syncs_inside_);
+  }
+  sync_cv_.notify_all();
+  for (auto& step : steps) {
+    event ev;
+    ev.session = id;
+    ev.kind = "sync";
+    ev.data = json::object()
+                .set("direction", direction)
+                .set("phase", step.phase)
+                .set("done", static_cast<long long>(step.done))
+                .set("total", static_cast<long long>(step.total))
+                .dump();
+    ev.message = direction + ": " + step.phase + " " + std::to_string(step.done) + " of "
+                 + std::to_string(step.total) + " bytes";
+    publish(ev);
+  }
+  std::unique_lock<std::mutex> lock{mtx_};
+  // Bounded, so a test that forgets to release cannot hang the suite.
+  sync_cv_.wait_for(lock, std::chrono::seconds(30), [this] { return !syncs_held_; });
+  --syncs_inside_;
+  if (sync_error_)
+    return sync_error_;
+  sync_result r;
+  if (direction == "up") {
+    if (custom_up_) {
+      r = up_result_;
+    } else {
+      r.direction = "up";
+      r.commit = std::string(40, 'a');
+      r.ref = "refs/aloft/sessions/" + id + "/up";
+      r.bytes = 1234;
+      r.files = 3;
+    }
+    return r;
+  }
+  if (custom_down_) {
+    r = down_result_;
+  } else {
+    r.direction = "down";
+    r.commit = std::string(40, 'b');
+    r.base = std::string(40, 'a');
+    r.ref = "refs/aloft/sessions/" + id + "/down";
+    r.changed = {"src/main.c"};
+    r.diffstat = " src/main.c | 2 +-\n 1 file changed, 1 insertion(+), 1 deletion(-)\n";
+    if (down->mode == sync_down_mode::apply)
+      r.saved_ref = "refs/aloft/sessions/" + id + "/saved";
+  }
+  if (down->mode == sync_down_mode::branch)
+    r.branch = down->branch;
+  return r;
+}
+
+void fake_engine::set_sync_steps(std::vector<sync_step> steps) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  sync_steps_ = std::move(steps);
+  custom_steps_ = true;
+}
+
+void fake_engine::set_sync_up_result(sync_result r) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  up_result_ = std::move(r);
+  custom_up_ = true;
+}
+
+void fake_engine::set_sync_down_result(sync_result r) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  down_result_ = std::move(r);
+  custom_down_ = true;
+}
+
+void fake_engine::set_sync_error(caf::error err) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  sync_error_ = std::move(err);
+}
+
+void fake_engine::hold_syncs() {
+  std::lock_guard<std::mutex> guard{mtx_};
+  syncs_held_ = true;
+}
+
+void fake_engine::release_syncs() {
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    syncs_held_ = false;
+  }
+  sync_cv_.notify_all();
+}
+
+bool fake_engine::wait_for_syncs_started(size_t n, int timeout_ms) {
+  std::unique_lock<std::mutex> lock{mtx_};
+  return sync_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                           [&] { return syncs_started_ >= n; });
+}
+
+size_t fake_engine::max_concurrent_syncs() {
+  std::lock_guard<std::mutex> guard{mtx_};
+  return max_syncs_inside_;
+}
+
+std::vector<sync_down_request> fake_engine::sync_down_requests() {
+  std::lock_guard<std::mutex> guard{mtx_};
+  return down_requests_;
 }
 
 std::vector<event> fake_engine::events(size_t n) {

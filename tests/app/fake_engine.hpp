@@ -8,6 +8,7 @@
 // publishing thread, as the real engine calls them on its actor threads.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -45,6 +46,8 @@ public:
   caf::expected<attach_info> attach(const std::string& id) override;
   void activity(const std::string& id, const std::string& source) override;
   caf::expected<std::string> log_path(const std::string& id) override;
+  caf::expected<sync_result> sync_up(const std::string& id) override;
+  caf::expected<sync_result> sync_down(const sync_down_request& req) override;
   std::vector<event> events(size_t n) override;
   uint64_t subscribe(subscriber fn) override;
   void unsubscribe(uint64_t handle) override;
@@ -71,6 +74,37 @@ public:
   /// lets a test publish at the worst moment.
   void on_next_subscribe(std::function<void()> fn);
 
+  // -- syncs ------------------------------------------------------------------
+  // sync_up and sync_down publish the scripted progress events for their
+  // session, wait while syncs are held, then return the scripted result (or
+  // error). They run on whatever thread calls them (a daemon worker).
+
+  /// One progress step, published as a `sync` event (data is the JSON
+  /// {"direction","phase","done","total"}, message a human line).
+  struct sync_step {
+    std::string phase;
+    uint64_t done = 0;
+    uint64_t total = 0;
+  };
+  /// Steps each sync publishes; the default is snapshot, send or receive
+  /// half and all of 4096 bytes, done.
+  void set_sync_steps(std::vector<sync_step> steps);
+  /// What the next syncs return instead of the default result.
+  void set_sync_up_result(sync_result r);
+  void set_sync_down_result(sync_result r);
+  /// The next syncs fail with `err` (after their progress); empty: succeed.
+  void set_sync_error(caf::error err);
+  /// Syncs that start from now on wait (after publishing their progress)
+  /// until `release_syncs`.
+  void hold_syncs();
+  void release_syncs();
+  /// Waits up to `timeout_ms` until `n` syncs have started in total; returns
+  /// whether they had.
+  bool wait_for_syncs_started(size_t n, int timeout_ms = 5000);
+  /// The most syncs that were inside the engine at the same time.
+  size_t max_concurrent_syncs();
+  std::vector<sync_down_request> sync_down_requests();
+
   int64_t now_ms = 1'800'000'000'000; // a fixed wall clock
 
 private:
@@ -84,6 +118,22 @@ private:
   launch_request last_launch_;
   std::vector<std::pair<std::string, std::string>> activities_;
   std::function<void()> on_subscribe_;
+
+  caf::expected<sync_result> run_sync(const std::string& direction, const std::string& id,
+                                      const sync_down_request* down);
+  std::condition_variable sync_cv_;
+  bool syncs_held_ = false;
+  size_t syncs_started_ = 0;
+  size_t syncs_inside_ = 0;
+  size_t max_syncs_inside_ = 0;
+  std::vector<sync_step> sync_steps_;
+  bool custom_steps_ = false;
+  bool custom_up_ = false;
+  bool custom_down_ = false;
+  sync_result up_result_;
+  sync_result down_result_;
+  caf::error sync_error_;
+  std::vector<sync_down_request> down_requests_;
 };
 
 } // namespace aloft::testing

@@ -1,0 +1,351 @@
+#include "actors/sync.hpp"
+
+#include <atomic>
+#include <chrono>
+
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/response_promise.hpp>
+#include <caf/send.hpp>
+
+#include "actors/atoms.hpp"
+#include "actors/messages.hpp"
+#include "engine/base/error.hpp"
+#include "engine/executor.hpp"
+#include "engine/transport.hpp"
+
+namespace aloft {
+
+namespace {
+
+using std::chrono::milliseconds;
+
+// What a VM prints on stderr is untrusted: keep it short and printable.
+std::string printable_tail(const std::string& s, size_t max = 400) {
+  auto start = s.size() > max ? s.size() - max : 0;
+  std::string out;
+  for (size_t i = start; i < s.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    out += (c == '\n' || (c >= 0x20 && c < 0x7f)) ? static_cast<char>(c) : '?';
+  }
+  while (!out.empty() && out.back() == '\n')
+    out.pop_back();
+  return out;
+}
+
+std::string human_bytes(uint64_t n) {
+  char buf[32];
+  if (n >= (1u << 20))
+    std::snprintf(buf, sizeof(buf), "%.1f MB", static_cast<double>(n) / 1e6);
+  else if (n >= 1024)
+    std::snprintf(buf, sizeof(buf), "%.1f KB", static_cast<double>(n) / 1e3);
+  else
+    std::snprintf(buf, sizeof(buf), "%llu B", static_cast<unsigned long long>(n));
+  return buf;
+}
+
+class sync_actor : public caf::event_based_actor {
+public:
+  sync_actor(caf::actor_config& cfg, sync_job job, std::shared_ptr<transport> t,
+             executor* blocking, caf::actor registry)
+    : caf::event_based_actor(cfg),
+      job_(std::move(job)),
+      transport_(std::move(t)),
+      blocking_(blocking),
+      registry_(std::move(registry)) {
+    // nop
+  }
+
+  caf::behavior make_behavior() override {
+    return {
+      [=](actor_task& t) { t.fn(); },
+      [=](sync_atom) -> caf::result<sync_outcome> {
+        rp_ = make_response_promise();
+        if (job_.up)
+          start_up();
+        else
+          start_down();
+        return rp_;
+      },
+      [=](tick_atom) { report_transfer(); },
+    };
+  }
+
+private:
+  // -- up ---------------------------------------------------------------------
+
+  void start_up() {
+    progress("snapshot", "snapshot of the local worktree", 0, 0);
+    auto job = job_;
+    auto self_handle = caf::actor_cast<caf::actor>(this);
+    blocking_->post([this, self_handle, job] {
+      auto result = std::make_shared<caf::expected<prepared>>(prepare_up(job));
+      caf::anon_send(self_handle, actor_task{[this, result] {
+        if (!*result) {
+          finish(std::move(result->error()));
+          return;
+        }
+        if ((*result)->first.commit.empty()) {
+          finish(std::move((*result)->first));
+          return;
+        }
+        send_pack(std::move((*result)->first), std::move((*result)->second));
+      }});
+    });
+  }
+
+  using prepared = std::pair<sync_outcome, std::string>; // and the pack
+
+  // Runs on the executor.
+  static caf::expected<prepared> prepare_up(const sync_job& job) {
+    sync_outcome out;
+    auto repo = sync::check_worktree(job.worktree, out.notes);
+    if (!repo) {
+      // Not a git worktree: nothing to sync, which the session reports; the
+      // agent still runs.
+      if (code_of(repo.error()) == errc::failed_precondition) {
+        out.notes.push_back(message_of(repo.error()));
+        return prepared{std::move(out), std::string{}};
+      }
+      return repo.error();
+    }
+    auto snap = sync::snapshot_worktree(job.worktree, sync::up_ref(job.session),
+                                        "aloft: worktree of session " + job.session);
+    if (!snap)
+      return annotate(snap.error(), "snapshot of " + job.worktree);
+    if (auto err = sync::check_upload_size(snap->stats, job.limits))
+      return err;
+    std::vector<std::string> have;
+    if (!job.base.empty())
+      have.push_back(job.base);
+    auto pack = sync::make_pack(*repo, snap->commit, have);
+    if (!pack)
+      return annotate(pack.error(), "pack of " + snap->commit);
+    out.commit = snap->commit;
+    out.base = job.base;
+    out.ref = sync::up_ref(job.session);
+    out.files = snap->stats.files;
+    out.bytes = pack->size();
+    return prepared{std::move(out), std::move(*pack)};
+  }
+
+  void send_pack(sync_outcome out, std::string pack) {
+    auto total = pack.size();
+    total_ = total;
+    progress("send", "sending " + human_bytes(total) + " (" + std::to_string(out.files)
+                       + " files in the snapshot)",
+             0, total);
+    auto cmd = sync::vm_prepare_command(job_.workdir) + "\n"
+               + sync::vm_receive_command(job_.workdir, out.commit, job_.base);
+    auto self_handle = caf::actor_cast<caf::actor>(this);
+    auto err_text = std::make_shared<std::string>();
+    exec_callbacks cb;
+    cb.on_stdout = [](std::string_view) {};
+    cb.on_stderr = [err_text](std::string_view s) {
+      if (err_text->size() < 64 * 1024)
+        err_text->append(s);
+    };
+    auto result = std::make_shared<sync_outcome>(std::move(out));
+    cb.on_exit = [this, self_handle, err_text, result](const caf::error& err, int code) {
+      caf::anon_send(self_handle, actor_task{[this, err, code, err_text, result] {
+        channel_.reset();
+        if (err) {
+          finish(annotate(err, "send pack to the VM"));
+          return;
+        }
+        if (code != 0) {
+          finish(make_error(errc::failed_precondition,
+                            "the VM could not take the snapshot (exit " + std::to_string(code)
+                              + "): " + printable_tail(*err_text)));
+          return;
+        }
+        progress("done", "synced up " + result->commit.substr(0, 12), total_, total_);
+        finish(std::move(*result));
+      }});
+    };
+    channel_ = transport_->exec(cmd, std::move(cb));
+    channel_->write(std::move(pack));
+    channel_->close_stdin();
+    schedule_tick();
+  }
+
+  // -- down -------------------------------------------------------------------
+
+  void start_down() {
+    if (job_.base.empty()) {
+      finish(make_error(errc::failed_precondition,
+                        "session " + job_.session
+                          + " has no synced-up snapshot to sync down against (its worktree "
+                            "was not a git repository at launch)"));
+      return;
+    }
+    progress("snapshot", "snapshot of the agent's worktree on the VM", 0, 0);
+    auto self_handle = caf::actor_cast<caf::actor>(this);
+    auto buf = std::make_shared<std::string>();
+    auto err_text = std::make_shared<std::string>();
+    auto received = received_;
+    // Header line plus the pack: anything beyond the limit is refused.
+    auto cap = job_.limits.max_download_bytes + 256;
+    auto over = std::make_shared<bool>(false);
+    exec_callbacks cb;
+    cb.on_stdout = [buf, cap, over, received](std::string_view s) {
+      if (*over)
+        return;
+      if (buf->size() + s.size() > cap) {
+        *over = true;
+        return;
+      }
+      buf->append(s);
+      received->store(buf->size());
+    };
+    cb.on_stderr = [err_text](std::string_view s) {
+      if (err_text->size() < 64 * 1024)
+        err_text->append(s);
+    };
+    cb.on_exit = [this, self_handle, buf, err_text, over](const caf::error& err, int code) {
+      caf::anon_send(self_handle, actor_task{[this, buf, err_text, over, err, code] {
+        channel_.reset();
+        on_down_received(buf, *err_text, *over, err, code);
+      }});
+    };
+    channel_ = transport_->exec(sync::vm_snapshot_command(job_.workdir, job_.base),
+                                std::move(cb));
+    schedule_tick();
+  }
+
+  void on_down_received(std::shared_ptr<std::string> buf, const std::string& err_text,
+                        bool over, const caf::error& err, int code) {
+    if (over) {
+      finish(make_error(errc::resource_exhausted,
+                        "the VM sent more than max_download_bytes ("
+                          + human_bytes(job_.limits.max_download_bytes)
+                          + "); nothing was written locally"));
+      return;
+    }
+    if (err) {
+      finish(annotate(err, "snapshot on the VM"));
+      return;
+    }
+    if (code != 0) {
+      finish(make_error(errc::failed_precondition,
+                        "the VM's worktree cannot be synced down: " + printable_tail(err_text)
+                          + "; nothing local was touched"));
+      return;
+    }
+    auto nl = buf->find('\n');
+    std::string commit;
+    uint64_t pack_bytes = 0;
+    if (nl == std::string::npos) {
+      finish(make_error(errc::data_loss, "the VM's snapshot has no header"));
+      return;
+    }
+    if (auto perr = sync::parse_snapshot_header(buf->substr(0, nl), commit, pack_bytes)) {
+      finish(perr);
+      return;
+    }
+    if (buf->size() - nl - 1 != pack_bytes) {
+      finish(make_error(errc::data_loss, "the VM's snapshot announced "
+                                           + std::to_string(pack_bytes) + " pack bytes and sent "
+                                           + std::to_string(buf->size() - nl - 1)));
+      return;
+    }
+    progress("apply", "checking and storing " + human_bytes(pack_bytes) + " from the VM",
+             pack_bytes, pack_bytes);
+    auto job = job_;
+    auto self_handle = caf::actor_cast<caf::actor>(this);
+    blocking_->post([this, self_handle, job, buf, nl, commit, pack_bytes] {
+      auto result = std::make_shared<caf::expected<sync_outcome>>(
+        store_down(job, std::string_view{*buf}.substr(nl + 1), commit, pack_bytes));
+      caf::anon_send(self_handle, actor_task{[this, result] {
+        if (*result)
+          progress("done", "synced down " + (*result)->commit.substr(0, 12), 0, 0);
+        finish(std::move(*result));
+      }});
+    });
+  }
+
+  // Runs on the executor.
+  static caf::expected<sync_outcome> store_down(const sync_job& job, std::string_view pack,
+                                                const std::string& commit,
+                                                uint64_t pack_bytes) {
+    sync_outcome out;
+    auto repo = sync::check_worktree(job.worktree, out.notes);
+    if (!repo)
+      return repo.error();
+    if (auto err = sync::receive_untrusted_pack(*repo, pack, commit, job.base, job.limits))
+      return err;
+    out.commit = commit;
+    out.base = job.base;
+    out.bytes = pack_bytes;
+    out.ref = job.safety ? sync::safety_ref(job.session) : sync::down_ref(job.session);
+    if (auto err = sync::update_ref(*repo, out.ref, commit))
+      return err;
+    if (job.safety)
+      return out;
+    auto applied = sync::apply_down(job.worktree, job.session, job.base, commit, job.mode,
+                                    job.branch);
+    if (!applied)
+      return applied.error();
+    out.applied = std::move(*applied);
+    return out;
+  }
+
+  // -- progress and the end -------------------------------------------------------
+
+  void schedule_tick() {
+    delayed_send(this, milliseconds{250}, tick_atom::value);
+  }
+
+  void report_transfer() {
+    if (!channel_)
+      return;
+    if (job_.up)
+      progress("send", "sent " + human_bytes(channel_->bytes_out()) + " of "
+                         + human_bytes(total_),
+               channel_->bytes_out(), total_);
+    else
+      progress("receive", "received " + human_bytes(received_->load()), received_->load(), 0);
+    schedule_tick();
+  }
+
+  void progress(const std::string& phase, const std::string& message, uint64_t done,
+                uint64_t total) {
+    event e;
+    e.kind = "sync";
+    e.session = job_.session;
+    e.message = std::string{job_.up ? "up: " : "down: "} + message;
+    auto j = json::object();
+    j.set("direction", job_.up ? "up" : "down");
+    j.set("phase", phase);
+    j.set("done", static_cast<long long>(done));
+    j.set("total", static_cast<long long>(total));
+    e.data = j.dump();
+    send(registry_, publish_atom::value, std::move(e));
+  }
+
+  void finish(caf::expected<sync_outcome> result) {
+    if (result)
+      rp_.deliver(std::move(*result));
+    else
+      rp_.deliver(std::move(result.error()));
+    quit();
+  }
+
+  sync_job job_;
+  std::shared_ptr<transport> transport_;
+  executor* blocking_;
+  caf::actor registry_;
+  caf::response_promise rp_;
+  std::shared_ptr<channel> channel_;
+  uint64_t total_ = 0;
+  std::shared_ptr<std::atomic<uint64_t>> received_ = std::make_shared<std::atomic<uint64_t>>(0);
+};
+
+} // namespace
+
+caf::actor spawn_sync(caf::actor_system& sys, sync_job job, std::shared_ptr<transport> t,
+                      executor* blocking, caf::actor registry) {
+  return sys.spawn<sync_actor>(std::move(job), std::move(t), blocking, std::move(registry));
+}
+
+} // namespace aloft
