@@ -146,7 +146,11 @@ bool valid_session_id(const std::string& id) {
 // Decodes one UTF-8 code point; nullopt on malformed input.
 std::optional<uint32_t> next_utf8(std::string_view s, size_t& i) {
   auto c = static_cast<unsigned char>(s[i]);
-  int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+  int len = c < 0x80         ? 1
+            : (c >> 5) == 6  ? 2
+            : (c >> 4) == 14 ? 3
+            : (c >> 3) == 30 ? 4
+                             : 0;
   if (len == 0 || i + len > s.size())
     return std::nullopt;
   uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1f) : len == 3 ? (c & 0x0f) : (c & 0x07);
@@ -291,9 +295,9 @@ caf::error check_entries(const std::vector<tree_entry>& entries,
                          const std::map<std::string, std::string>& symlink_targets,
                          const limits& lim, const std::vector<bool>* selected) {
   if (entries.size() > lim.max_files)
-    return make_error(errc::resource_exhausted,
-                      "the VM's tree has more than " + std::to_string(lim.max_files)
-                        + " files (setting max_files)");
+    return make_error(errc::resource_exhausted, "the VM's tree has more than "
+                                                    + std::to_string(lim.max_files)
+                                                    + " files (setting max_files)");
   std::set<std::string> links;
   std::map<std::string, std::string> links_folded; // folded -> as in the tree
   for (auto& e : entries)
@@ -309,31 +313,32 @@ caf::error check_entries(const std::vector<tree_entry>& entries,
     if (auto err = check_untrusted_path(e.path))
       return err;
     switch (e.mode) {
-      case mode_file:
-      case mode_exec:
-      case mode_group_writable:
-      case mode_symlink:
-        if (e.type != "blob")
-          return refuse(e.path, "an entry of type " + e.type + " with a file mode");
-        break;
-      case mode_gitlink:
-        return refuse(e.path, "a submodule (gitlink); submodules are not synced");
-      default: {
-        char buf[16];
-        std::snprintf(buf, sizeof(buf), "%06o", e.mode);
-        return refuse(e.path, std::string{"an entry of unknown mode "} + buf);
-      }
+    case mode_file:
+    case mode_exec:
+    case mode_group_writable:
+    case mode_symlink:
+      if (e.type != "blob")
+        return refuse(e.path, "an entry of type " + e.type + " with a file mode");
+      break;
+    case mode_gitlink:
+      return refuse(e.path, "a submodule (gitlink); submodules are not synced");
+    default: {
+      char buf[16];
+      std::snprintf(buf, sizeof(buf), "%06o", e.mode);
+      return refuse(e.path, std::string{"an entry of unknown mode "} + buf);
+    }
     }
     if (e.size > lim.max_file_bytes)
       return make_error(errc::resource_exhausted,
-                        "refused " + printable(e.path) + " from the VM: "
-                          + format_bytes(e.size) + ", over the limit of "
-                          + format_bytes(lim.max_file_bytes) + " (setting max_file_bytes)");
+                        "refused " + printable(e.path)
+                            + " from the VM: " + format_bytes(e.size)
+                            + ", over the limit of " + format_bytes(lim.max_file_bytes)
+                            + " (setting max_file_bytes)");
     total += e.size;
     if (total > lim.max_tree_bytes)
-      return make_error(errc::resource_exhausted,
-                        "the VM's tree is over " + format_bytes(lim.max_tree_bytes)
-                          + " (setting max_tree_bytes)");
+      return make_error(errc::resource_exhausted, "the VM's tree is over "
+                                                      + format_bytes(lim.max_tree_bytes)
+                                                      + " (setting max_tree_bytes)");
     if (e.mode == mode_symlink) {
       auto it = symlink_targets.find(e.path);
       if (it == symlink_targets.end())
@@ -356,9 +361,10 @@ caf::error check_entries(const std::vector<tree_entry>& entries,
         auto prefix = join_path(parts, n);
         auto folded = links_folded.find(ascii_lower(prefix));
         if (links.count(prefix) || folded != links_folded.end())
-          return refuse(e.path, "a path under the symlink "
-                                  + printable(links.count(prefix) ? prefix : folded->second)
-                                  + " (a write through a symlink)");
+          return refuse(e.path,
+                        "a path under the symlink "
+                            + printable(links.count(prefix) ? prefix : folded->second)
+                            + " (a write through a symlink)");
       }
     }
   }
@@ -393,9 +399,9 @@ private:
 // -- running git ------------------------------------------------------------------
 
 struct git_env {
-  std::string index_file;  // GIT_INDEX_FILE: a temporary index
-  std::string object_dir;  // GIT_OBJECT_DIRECTORY: a quarantine
-  std::string alternates;  // GIT_ALTERNATE_OBJECT_DIRECTORIES
+  std::string index_file; // GIT_INDEX_FILE: a temporary index
+  std::string object_dir; // GIT_OBJECT_DIRECTORY: a quarantine
+  std::string alternates; // GIT_ALTERNATE_OBJECT_DIRECTORIES
 };
 
 struct git_call {
@@ -446,9 +452,9 @@ caf::expected<process_result> run_git(const std::string& dir,
                                       const git_call& call = {}) {
   process_spec spec;
   // Hooks and fsmonitor are programs named by config; sync never runs them.
-  spec.argv = {"git", "-C", dir, "-c", "core.hooksPath=/dev/null",
-               "-c", "core.fsmonitor=false", "-c", "core.splitIndex=false",
-               "-c", "advice.addEmbeddedRepo=false", "-c", "gc.auto=0",
+  spec.argv = {"git", "-C", dir, "-c", "core.hooksPath=/dev/null", "-c",
+               "core.fsmonitor=false", "-c", "core.splitIndex=false", "-c",
+               "advice.addEmbeddedRepo=false", "-c", "gc.auto=0",
                // Parallel checkout (above git's 100-file threshold only).
                "-c", "checkout.workers=0"};
   spec.argv.insert(spec.argv.end(), args.begin(), args.end());
@@ -488,9 +494,10 @@ caf::expected<repo_paths> locate_repo(const std::string& worktree) {
                       worktree + " is not a directory: nothing would be synced");
   git_call call;
   call.ok_codes = {0, 128};
-  auto r = run_git(worktree, {"rev-parse", "--path-format=absolute", "--show-toplevel",
-                              "--absolute-git-dir", "--git-path", "index", "--git-path",
-                              "objects", "--show-object-format"},
+  auto r = run_git(worktree,
+                   {"rev-parse", "--path-format=absolute", "--show-toplevel",
+                    "--absolute-git-dir", "--git-path", "index", "--git-path", "objects",
+                    "--show-object-format"},
                    call);
   if (!r)
     return r.error();
@@ -498,8 +505,9 @@ caf::expected<repo_paths> locate_repo(const std::string& worktree) {
     auto said = trim_end(r->error);
     if (said.find("not a git repository") != std::string::npos)
       return make_error(errc::failed_precondition,
-                        worktree + " is not a git repository: nothing would be synced; "
-                                   "run `git init` there (and commit or not) first");
+                        worktree
+                            + " is not a git repository: nothing would be synced; "
+                              "run `git init` there (and commit or not) first");
     if (said.find("work tree") != std::string::npos)
       return make_error(errc::failed_precondition,
                         worktree + " is a bare repository: there is no worktree to sync");
@@ -514,7 +522,7 @@ caf::expected<repo_paths> locate_repo(const std::string& worktree) {
   if (lines[4] != "sha1")
     return make_error(errc::failed_precondition,
                       worktree + " uses " + lines[4]
-                        + " object names; only SHA-1 repositories can be synced");
+                          + " object names; only SHA-1 repositories can be synced");
   return repo_paths{lines[0], lines[1], lines[2], lines[3]};
 }
 
@@ -523,8 +531,7 @@ caf::expected<repo_paths> locate_repo(const std::string& worktree) {
 // objects, so callers that need no sizes leave them out.
 caf::expected<std::vector<tree_entry>> list_tree(const std::string& repo,
                                                  const std::string& commit,
-                                                 const git_env& env,
-                                                 uint64_t max_entries,
+                                                 const git_env& env, uint64_t max_entries,
                                                  bool with_sizes = true) {
   std::vector<tree_entry> entries;
   std::string pending;
@@ -574,7 +581,7 @@ caf::expected<std::vector<tree_entry>> list_tree(const std::string& repo,
   if (too_many)
     return make_error(errc::resource_exhausted,
                       "the tree of " + commit + " has more than "
-                        + std::to_string(max_entries) + " files (setting max_files)");
+                          + std::to_string(max_entries) + " files (setting max_files)");
   if (!parse_error.empty())
     return make_error(errc::internal, parse_error);
   if (!r)
@@ -648,10 +655,9 @@ tree_stats stats_from(const std::vector<tree_entry>& entries) {
     sizes.emplace_back(e.path, e.size);
   }
   auto n = std::min<size_t>(10, sizes.size());
-  std::partial_sort(sizes.begin(), sizes.begin() + n, sizes.end(),
-                    [](auto& a, auto& b) {
-                      return a.second != b.second ? a.second > b.second : a.first < b.first;
-                    });
+  std::partial_sort(sizes.begin(), sizes.begin() + n, sizes.end(), [](auto& a, auto& b) {
+    return a.second != b.second ? a.second > b.second : a.first < b.first;
+  });
   sizes.resize(n);
   st.largest = std::move(sizes);
   return st;
@@ -824,7 +830,8 @@ caf::expected<snapshot_work> take_snapshot(const std::string& worktree,
   if (!gitlinks.empty()) {
     git_call remove = in_temp;
     remove.input = gitlinks;
-    if (auto r = run_git(top, {"update-index", "--force-remove", "-z", "--stdin"}, remove);
+    if (auto r =
+            run_git(top, {"update-index", "--force-remove", "-z", "--stdin"}, remove);
         !r)
       return r.error();
   }
@@ -865,9 +872,8 @@ struct tree_change {
   std::string path;
 };
 
-caf::expected<std::vector<tree_change>> diff_trees(const std::string& top,
-                                                   const std::string& from,
-                                                   const std::string& to) {
+caf::expected<std::vector<tree_change>>
+diff_trees(const std::string& top, const std::string& from, const std::string& to) {
   auto r = run_git(top, {"diff-tree", "-r", "-z", "--no-renames", from, to});
   if (!r)
     return r.error();
@@ -974,9 +980,10 @@ caf::expected<merge_outcome> merge_trees(const std::string& top, const std::stri
                                          const std::string& theirs) {
   git_call call;
   call.ok_codes = {0, 1};
-  auto r = run_git(top, {"merge-tree", "--write-tree", "--name-only", "--messages", "-z",
-                         ours, theirs},
-                   call);
+  auto r = run_git(
+      top,
+      {"merge-tree", "--write-tree", "--name-only", "--messages", "-z", ours, theirs},
+      call);
   if (!r)
     return r.error();
   // "<tree>\0" then conflicted paths, each "\0"-terminated, then "\0" and the
@@ -1065,9 +1072,10 @@ caf::error check_untrusted_path(std::string_view path) {
   return {};
 }
 
-caf::error check_untrusted_entries(const std::vector<tree_entry>& entries,
-                                   const std::map<std::string, std::string>& symlink_targets,
-                                   const limits& lim) {
+caf::error
+check_untrusted_entries(const std::vector<tree_entry>& entries,
+                        const std::map<std::string, std::string>& symlink_targets,
+                        const limits& lim) {
   return check_entries(entries, symlink_targets, lim, nullptr);
 }
 
@@ -1144,7 +1152,7 @@ caf::expected<std::string> make_pack(const std::string& repo, const std::string&
   }
   // Fast zlib: on a LAN or loopback the pack is CPU-bound, and level 1 costs
   // well under a percent in size on source trees.
-  std::vector<std::string> args{"pack-objects", "--stdout", "--revs", "-q",
+  std::vector<std::string> args{"pack-objects",        "--stdout",       "--revs", "-q",
                                 "--delta-base-offset", "--compression=1"};
   // A first sync is mostly loose objects that have no delta yet; searching
   // for them costs seconds on 10,000 files and saves little. Deltas already
@@ -1179,7 +1187,8 @@ caf::error validate_untrusted_tree(const std::string& repo, const std::string& c
   call.code = errc::data_loss;
   auto body = git_text(repo, {"cat-file", "commit", commit}, call);
   if (!body)
-    return annotate(body.error(), "the VM's snapshot " + commit + " is not a readable commit");
+    return annotate(body.error(),
+                    "the VM's snapshot " + commit + " is not a readable commit");
   std::vector<std::string> parents;
   std::istringstream lines{*body};
   for (std::string line; std::getline(lines, line) && !line.empty();)
@@ -1226,7 +1235,8 @@ caf::error validate_untrusted_tree(const std::string& repo, const std::string& c
       oids += o + "\n";
     git_call check = call;
     check.input = oids;
-    auto r = run_git(repo, {"cat-file", "--batch-check=%(objectname) %(objectsize)"}, check);
+    auto r =
+        run_git(repo, {"cat-file", "--batch-check=%(objectname) %(objectsize)"}, check);
     if (!r)
       return r.error();
     std::map<std::string, uint64_t> sizes;
@@ -1250,11 +1260,10 @@ caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack
                                   const std::string& commit, const std::string& base,
                                   const limits& lim) {
   if (pack.size() > lim.max_download_bytes)
-    return make_error(errc::resource_exhausted,
-                      "the VM's pack is " + format_bytes(pack.size())
-                        + ", over the download limit of "
-                        + format_bytes(lim.max_download_bytes)
-                        + " (setting max_download_bytes)");
+    return make_error(
+        errc::resource_exhausted,
+        "the VM's pack is " + format_bytes(pack.size()) + ", over the download limit of "
+            + format_bytes(lim.max_download_bytes) + " (setting max_download_bytes)");
   if (auto err = check_oid(commit, "receive: commit"))
     return err;
   if (!base.empty())
@@ -1294,8 +1303,8 @@ caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack
       parents.push_back(line.substr(7));
   if (!base.empty() && (parents.size() != 1 || parents[0] != base))
     return make_error(errc::data_loss, "the VM's snapshot " + commit
-                                         + " is not a child of the synced-up snapshot "
-                                         + base);
+                                           + " is not a child of the synced-up snapshot "
+                                           + base);
   if (auto err = validate_untrusted_tree(paths->top, commit, q, lim))
     return err;
   // Packs first, each index last: git finds a pack through its index, so a
@@ -1323,7 +1332,8 @@ caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack
   return {};
 }
 
-caf::expected<apply_result> apply_down(const std::string& worktree, const std::string& session,
+caf::expected<apply_result> apply_down(const std::string& worktree,
+                                       const std::string& session,
                                        const std::string& base, const std::string& theirs,
                                        apply_mode mode, const std::string& branch_name) {
   if (auto err = check_session(session))
@@ -1344,7 +1354,7 @@ caf::expected<apply_result> apply_down(const std::string& worktree, const std::s
   if (anc->exit_code != 0)
     return make_error(errc::failed_precondition,
                       "the VM's snapshot " + theirs
-                        + " does not descend from the synced-up snapshot " + base);
+                          + " does not descend from the synced-up snapshot " + base);
   apply_result result;
   auto stat = git_text(top, {"diff", "--stat", "--no-color", "--no-ext-diff",
                              "--no-textconv", base, theirs});
@@ -1352,8 +1362,8 @@ caf::expected<apply_result> apply_down(const std::string& worktree, const std::s
     return stat.error();
   result.diffstat = *stat;
   if (mode == apply_mode::dry_run || mode == apply_mode::branch) {
-    auto names = run_git(top, {"diff-tree", "-r", "-z", "--name-only", "--no-renames",
-                               base, theirs});
+    auto names = run_git(
+        top, {"diff-tree", "-r", "-z", "--name-only", "--no-renames", base, theirs});
     if (!names)
       return names.error();
     for (auto& p : split_nul(names->output))
@@ -1363,8 +1373,8 @@ caf::expected<apply_result> apply_down(const std::string& worktree, const std::s
   if (mode == apply_mode::dry_run)
     return result;
   auto keep_theirs = [&]() -> caf::error {
-    if (auto r = run_git(top, {"update-ref", "-m", "aloft: sync down", down_ref(session),
-                               theirs});
+    if (auto r = run_git(
+            top, {"update-ref", "-m", "aloft: sync down", down_ref(session), theirs});
         !r)
       return r.error();
     return {};
@@ -1398,9 +1408,10 @@ caf::expected<apply_result> apply_down(const std::string& worktree, const std::s
     // The empty old value makes git refuse if the branch appeared meanwhile.
     git_call create;
     create.code = errc::already_exists;
-    if (auto r = run_git(top, {"update-ref", "-m", "aloft: branch of session " + session,
-                               ref, *commit, ""},
-                         create);
+    if (auto r = run_git(
+            top,
+            {"update-ref", "-m", "aloft: branch of session " + session, ref, *commit, ""},
+            create);
         !r)
       return r.error();
     result.branch = branch_name;
@@ -1411,8 +1422,8 @@ caf::expected<apply_result> apply_down(const std::string& worktree, const std::s
   auto saved = next_local_ref(top, session);
   if (!saved)
     return saved.error();
-  auto work = take_snapshot(top, *saved, "aloft: local state before applying session "
-                                           + session);
+  auto work =
+      take_snapshot(top, *saved, "aloft: local state before applying session " + session);
   if (!work)
     return annotate(work.error(), "save the local state");
   result.saved_ref = *saved;
@@ -1530,11 +1541,12 @@ caf::expected<apply_result> apply_down(const std::string& worktree, const std::s
     git_call checkout;
     checkout.env.index_file = work->index;
     checkout.code = errc::aborted;
-    if (auto r = run_git(top, {"read-tree", "-m", "-u", ours_tree, *result_tree}, checkout);
+    if (auto r =
+            run_git(top, {"read-tree", "-m", "-u", ours_tree, *result_tree}, checkout);
         !r)
       return annotate(r.error(), "the worktree changed during the apply; nothing was "
                                  "written and the local state is saved under "
-                                   + *saved + "; sync down again");
+                                     + *saved + "; sync down again");
   }
   for (auto* c : accepted)
     result.changed.push_back(c->path);
@@ -1571,11 +1583,13 @@ std::string vm_receive_command(const std::string& workdir, const std::string& co
          "else\n"
          // A two-tree merge keeps the agent's own changes and refuses, before
          // writing anything, when they touch what changed upstream.
-         "  g read-tree -m -u \"$B\" \"$C\" || fail \"the new snapshot conflicts with the "
+         "  g read-tree -m -u \"$B\" \"$C\" || fail \"the new snapshot conflicts with "
+         "the "
          "agent's changes on the VM; nothing was changed there\"\n"
          "  g update-ref -m 'aloft: sync up' HEAD \"$C\" \"$B\" 2> /dev/null || :\n"
          "fi\n"
-         "g update-ref -m 'aloft: sync up' refs/aloft/base \"$C\" || fail \"git update-ref "
+         "g update-ref -m 'aloft: sync up' refs/aloft/base \"$C\" || fail \"git "
+         "update-ref "
          "failed\"\n";
   return cmd.str();
 }
@@ -1588,9 +1602,11 @@ std::string vm_snapshot_command(const std::string& workdir, const std::string& b
          "cd \"$W\" || fail \"cannot enter the VM worktree $W\"\n"
          "{ [ -d .git ] && g rev-parse --git-dir > /dev/null 2>&1; } || fail \"the VM "
          "worktree $W is not a git repository any more\"\n"
-         "g cat-file -e \"$B^{commit}\" 2> /dev/null || fail \"the VM repository lacks the "
+         "g cat-file -e \"$B^{commit}\" 2> /dev/null || fail \"the VM repository lacks "
+         "the "
          "synced-up snapshot $B\"\n"
-         "for s in rebase-merge rebase-apply MERGE_HEAD CHERRY_PICK_HEAD REVERT_HEAD; do\n"
+         "for s in rebase-merge rebase-apply MERGE_HEAD CHERRY_PICK_HEAD REVERT_HEAD; "
+         "do\n"
          "  [ -e \".git/$s\" ] && fail \"the VM repository is in the middle of a merge, "
          "rebase or cherry-pick (.git/$s); finish or abort it on the VM first\"\n"
          "done\n"
@@ -1599,7 +1615,8 @@ std::string vm_snapshot_command(const std::string& workdir, const std::string& b
          "  [ \"$f\" = .git ] && continue\n"
          "  if [ -e \"$f\" ] || [ -h \"$f\" ]; then e=; break; fi\n"
          "done\n"
-         "[ -z \"$e\" ] || fail \"the VM worktree $W is empty (nothing but .git); nothing "
+         "[ -z \"$e\" ] || fail \"the VM worktree $W is empty (nothing but .git); "
+         "nothing "
          "to bring back\"\n"
          "mkdir -p .git/aloft || fail \"cannot write to $W/.git\"\n"
          "T=$(mktemp -d \"$PWD/.git/aloft/snapshot.XXXXXX\") || fail \"cannot create a "
@@ -1617,16 +1634,19 @@ std::string vm_snapshot_command(const std::string& workdir, const std::string& b
          "g ls-files -s | sed -n 's/^160000 [0-9a-f]* [0-3]\t//p' > \"$T/links\" || fail "
          "\"git ls-files failed\"\n"
          "if [ -s \"$T/links\" ]; then\n"
-         "  g update-index --force-remove --stdin < \"$T/links\" || fail \"git update-index "
+         "  g update-index --force-remove --stdin < \"$T/links\" || fail \"git "
+         "update-index "
          "failed\"\n"
-         "  echo \"aloft: not synced (nested repositories): $(tr '\\n' ' ' < \"$T/links\")\" "
+         "  echo \"aloft: not synced (nested repositories): $(tr '\\n' ' ' < "
+         "\"$T/links\")\" "
          ">&2\n"
          "fi\n"
          "t=$(g write-tree) || fail \"git write-tree failed\"\n"
          "c=$(g commit-tree -p \"$B\" -m 'aloft: snapshot of the VM worktree' \"$t\") || "
          "fail \"git commit-tree failed\"\n"
          "g update-ref refs/aloft/snapshot \"$c\" || fail \"git update-ref failed\"\n"
-         "printf '%s\\n^%s\\n' \"$c\" \"$B\" | g pack-objects --stdout --revs --thin -q --compression=1 > "
+         "printf '%s\\n^%s\\n' \"$c\" \"$B\" | g pack-objects --stdout --revs --thin -q "
+         "--compression=1 > "
          "\"$T/pack\" || fail \"git pack-objects failed\"\n"
          "mv -f \"$T/index\" .git/aloft/index || fail \"cannot keep the index\"\n"
          "n=$(wc -c < \"$T/pack\") || fail \"cannot size the pack\"\n"
@@ -1641,15 +1661,15 @@ caf::error parse_snapshot_header(const std::string& line, std::string& commit,
   if (!s.empty() && s.back() == '\n')
     s.remove_suffix(1);
   auto bad = [&] {
-    return make_error(errc::data_loss,
-                      "the VM's snapshot header is malformed: "
-                        + printable(s.substr(0, 100)));
+    return make_error(errc::data_loss, "the VM's snapshot header is malformed: "
+                                           + printable(s.substr(0, 100)));
   };
   if (s.size() < 42 || s[40] != ' ' || !is_hex_oid(s.substr(0, 40)))
     return bad();
   auto digits = s.substr(41);
   if (digits.empty() || digits.size() > 13
-      || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })
+      || !std::all_of(digits.begin(), digits.end(),
+                      [](char c) { return c >= '0' && c <= '9'; })
       || (digits.size() > 1 && digits[0] == '0'))
     return bad();
   uint64_t n = 0;

@@ -108,10 +108,10 @@ caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack
 
 /// One entry of `git ls-tree -r -l`: a file, symlink or gitlink.
 struct tree_entry {
-  uint32_t mode = 0;   // as git writes it, octal: 0100644, 0120000, 0160000
-  std::string type;    // blob, commit
+  uint32_t mode = 0; // as git writes it, octal: 0100644, 0120000, 0160000
+  std::string type;  // blob, commit
   std::string object;
-  uint64_t size = 0;   // blob size, 0 otherwise
+  uint64_t size = 0; // blob size, 0 otherwise
   std::string path;
 };
 
@@ -123,9 +123,10 @@ caf::error check_untrusted_path(std::string_view path);
 
 /// All rules of validate_untrusted_tree over listed entries, with
 /// `symlink_targets` mapping each symlink's path to its target. Pure.
-caf::error check_untrusted_entries(const std::vector<tree_entry>& entries,
-                                   const std::map<std::string, std::string>& symlink_targets,
-                                   const limits& lim);
+caf::error
+check_untrusted_entries(const std::vector<tree_entry>& entries,
+                        const std::map<std::string, std::string>& symlink_targets,
+                        const limits& lim);
 
 /// Rejects paths with `..` or absolute paths, any `.git` component
 /// (including the case and alias variants git refuses: `.GIT`, `.git.`,

@@ -133,8 +133,8 @@ caf::expected<process_result> run_process(const process_spec& spec) {
     env = envp.data();
   }
   pid_t pid = -1;
-  int rc = ::posix_spawnp(&pid, program.c_str(), &setup.actions, &setup.attr,
-                          argv.data(), env);
+  int rc = ::posix_spawnp(&pid, program.c_str(), &setup.actions, &setup.attr, argv.data(),
+                          env);
   in_child.reset();
   out_child.reset();
   err_child.reset();

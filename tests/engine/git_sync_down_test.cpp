@@ -33,7 +33,8 @@ protected:
   // The agent's usual work on the VM.
   void agent_edits() {
     write_file(vm + "/added/new.txt", "added by the agent\n");
-    write_file(vm + "/edit.txt", "line 1\nline 2 by the agent\nline 3\nline 4\nline 5\nline 6\n");
+    write_file(vm + "/edit.txt",
+               "line 1\nline 2 by the agent\nline 3\nline 4\nline 5\nline 6\n");
     ::unlink((vm + "/remove.txt").c_str());
     fs::create_directories(vm + "/new");
     fs::rename(vm + "/old/name.txt", vm + "/new/name.txt");
@@ -67,8 +68,8 @@ protected:
   worktree_state without_ignored(worktree_state s) {
     for (auto it = s.begin(); it != s.end();)
       it = it->first.size() > 4 && it->first.substr(it->first.size() - 4) == ".log"
-             ? s.erase(it)
-             : std::next(it);
+               ? s.erase(it)
+               : std::next(it);
     return s;
   }
 
@@ -89,8 +90,8 @@ TEST_F(git_sync_down, apply_brings_every_kind_of_change) {
   EXPECT_EQ(r->saved_ref, "refs/aloft/sessions/" + session + "/local-1");
   EXPECT_EQ(tree_of(r->saved_ref), before) << "the saved ref holds the state before";
   EXPECT_EQ(git(local, {"rev-parse", sync::down_ref(session)}), *theirs);
-  std::vector<std::string> expected{"added/new.txt", "edit.txt",      "link-to-keep",
-                                    "new/name.txt",  "old/name.txt",  "remove.txt",
+  std::vector<std::string> expected{"added/new.txt", "edit.txt",     "link-to-keep",
+                                    "new/name.txt",  "old/name.txt", "remove.txt",
                                     "tool.sh"};
   EXPECT_EQ(r->changed, expected);
   EXPECT_NE(r->diffstat.find("edit.txt"), std::string::npos) << r->diffstat;
@@ -98,7 +99,8 @@ TEST_F(git_sync_down, apply_brings_every_kind_of_change) {
   EXPECT_FALSE(fs::exists(local + "/old")) << "emptied directory removed";
 
   // Applying the same snapshot again changes nothing and saves local-2.
-  auto again = sync::apply_down(local, session, base, *theirs, sync::apply_mode::apply, "");
+  auto again =
+      sync::apply_down(local, session, base, *theirs, sync::apply_mode::apply, "");
   ASSERT_TRUE(again) << describe(again.error());
   EXPECT_EQ(again->saved_ref, "refs/aloft/sessions/" + session + "/local-2");
   EXPECT_TRUE(again->changed.empty());
@@ -135,7 +137,7 @@ TEST_F(git_sync_down, apply_merges_with_concurrent_local_edits) {
   EXPECT_FALSE(fs::exists(local + "/old/name.txt"));
   EXPECT_EQ(read_file(local + "/new/name.txt"),
             "a file that moves\nwith some lines\nof text, edited by the user\n")
-    << "the rename carries the user's edit";
+      << "the rename carries the user's edit";
   struct stat st;
   ASSERT_EQ(::stat((local + "/tool.sh").c_str(), &st), 0);
   EXPECT_TRUE(st.st_mode & S_IXUSR);
@@ -147,7 +149,8 @@ TEST_F(git_sync_down, apply_merges_with_concurrent_local_edits) {
 }
 
 TEST_F(git_sync_down, a_conflict_is_listed_and_both_versions_kept) {
-  write_file(vm + "/edit.txt", "line 1\nline 2 by the agent\nline 3\nline 4\nline 5\nline 6\n");
+  write_file(vm + "/edit.txt",
+             "line 1\nline 2 by the agent\nline 3\nline 4\nline 5\nline 6\n");
   write_file(vm + "/keep.txt", "keep, by the agent\n");
   write_file(vm + "/agent-only.txt", "agent\n");
   auto theirs = sync_down_objects(base);
@@ -167,7 +170,8 @@ TEST_F(git_sync_down, a_conflict_is_listed_and_both_versions_kept) {
   // The agent's versions are reachable.
   EXPECT_EQ(git(local, {"show", sync::down_ref(session) + ":edit.txt"}),
             "line 1\nline 2 by the agent\nline 3\nline 4\nline 5\nline 6");
-  EXPECT_EQ(git(local, {"show", sync::down_ref(session) + ":keep.txt"}), "keep, by the agent");
+  EXPECT_EQ(git(local, {"show", sync::down_ref(session) + ":keep.txt"}),
+            "keep, by the agent");
   auto saved = tree_of(r->saved_ref);
   EXPECT_EQ(saved, before);
 }
@@ -206,7 +210,7 @@ TEST_F(git_sync_down, local_obstacles_are_left_alone_and_listed) {
   EXPECT_EQ(r->conflicts, (std::vector<std::string>{"notes.txt", "out/result.txt"}));
   EXPECT_EQ(r->changed, (std::vector<std::string>{"fine.txt"}));
   EXPECT_FALSE(fs::exists(tmp.path() + "/elsewhere/result.txt"))
-    << "nothing written through the symlink";
+      << "nothing written through the symlink";
   EXPECT_EQ(read_file(local + "/notes.txt"), "the user's notes\n");
   EXPECT_EQ(read_file(local + "/fine.txt"), "fine\n");
 }
@@ -252,7 +256,8 @@ TEST_F(git_sync_down, dry_run_writes_nothing) {
   auto r = sync::apply_down(local, session, base, *theirs, sync::apply_mode::dry_run, "");
   ASSERT_TRUE(r) << describe(r.error());
   EXPECT_NE(r->diffstat.find("files changed"), std::string::npos) << r->diffstat;
-  EXPECT_NE(std::find(r->changed.begin(), r->changed.end(), "remove.txt"), r->changed.end());
+  EXPECT_NE(std::find(r->changed.begin(), r->changed.end(), "remove.txt"),
+            r->changed.end());
   EXPECT_TRUE(r->saved_ref.empty());
   EXPECT_EQ(read_worktree(local), before);
   EXPECT_EQ(git(local, {"for-each-ref"}), refs);
@@ -266,7 +271,8 @@ TEST_F(git_sync_down, a_snapshot_not_on_top_of_the_base_is_refused) {
   auto r = sync::apply_down(local, session, *theirs, head, sync::apply_mode::apply, "");
   ASSERT_FALSE(r);
   EXPECT_EQ(code_of(r.error()), errc::failed_precondition);
-  auto bad_session = sync::apply_down(local, "../x", base, *theirs, sync::apply_mode::apply, "");
+  auto bad_session =
+      sync::apply_down(local, "../x", base, *theirs, sync::apply_mode::apply, "");
   ASSERT_FALSE(bad_session);
   EXPECT_EQ(code_of(bad_session.error()), errc::invalid_argument);
 }
@@ -289,7 +295,7 @@ TEST_F(git_sync_down, the_users_own_symlinks_out_of_the_tree_do_not_block_a_sync
   auto refused = sync_down_objects(up);
   ASSERT_FALSE(refused);
   EXPECT_NE(message_of(refused.error()).find("'through'"), std::string::npos)
-    << describe(refused.error());
+      << describe(refused.error());
 }
 
 TEST_F(git_sync_down, a_broken_vm_worktree_changes_nothing_locally) {

@@ -57,7 +57,8 @@ protected:
                          const std::string& input = {});
 
   /// A fresh repository at `path` with one commit of `files`.
-  void make_repo(const std::string& path, const std::map<std::string, std::string>& files);
+  void make_repo(const std::string& path,
+                 const std::map<std::string, std::string>& files);
 
   /// Syncs the local worktree up to the VM (initial when `base` is empty)
   /// and returns the new up snapshot.

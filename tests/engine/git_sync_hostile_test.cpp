@@ -77,7 +77,7 @@ protected:
     EXPECT_NE(git_raw(local, {"cat-file", "-e", c}).exit_code, 0) << "the commit got in";
     for (auto& e : fs::directory_iterator(local + "/.git/objects"))
       EXPECT_EQ(e.path().filename().string().rfind("incoming-", 0), std::string::npos)
-        << "quarantine left behind: " << e.path();
+          << "quarantine left behind: " << e.path();
   }
 
   std::string file() { return blob("x\n"); }
@@ -90,7 +90,8 @@ protected:
 };
 
 TEST_F(git_sync_hostile, a_valid_snapshot_is_received_and_its_quarantine_removed) {
-  auto root = tree({{"100644", "a.txt", file()}, {"40000", "d", dir_with("e.txt", file())}});
+  auto root =
+      tree({{"100644", "a.txt", file()}, {"40000", "d", dir_with("e.txt", file())}});
   auto c = commit_of(root, base);
   auto err = sync::receive_untrusted_pack(local, pack_of(c), c, base, {});
   EXPECT_FALSE(err) << describe(err);
@@ -123,10 +124,12 @@ TEST_F(git_sync_hostile, dot_git_and_its_aliases) {
                  {".git::$INDEX_ALLOCATION", "NTFS"});
   expect_refused(tree({{"40000", ".g\xe2\x80\x8cit", hook}}), {"config", "HFS+"});
   expect_refused(tree({{"40000", "\xef\xbb\xbf.GIT", hook}}), {"config", "HFS+"});
-  expect_refused(tree({{"40000", "sub", tree({{"40000", ".git", tree({{"40000", "hooks",
-                                                  dir_with("post-checkout", file(),
-                                                           "100755")}})}})}}),
-                 {"sub/.git/hooks/post-checkout", "is .git"});
+  expect_refused(
+      tree({{"40000", "sub",
+             tree({{"40000", ".git",
+                    tree({{"40000", "hooks",
+                           dir_with("post-checkout", file(), "100755")}})}})}}),
+      {"sub/.git/hooks/post-checkout", "is .git"});
 }
 
 TEST_F(git_sync_hostile, gitlinks) {
@@ -218,9 +221,9 @@ TEST_F(git_sync_hostile, packs_that_are_too_big_broken_or_off_base) {
 }
 
 TEST(git_sync_paths, the_path_rules) {
-  for (std::string ok : {"a", "a/b/c.txt", ".gitignore", ".gitx", "x.git", "git~10",
-                         "\xc3\xbcnicode/\xe3\x83\x95.txt", "a b/c d", "...", ".git~1",
-                         "g.it", "a\\b"})
+  for (std::string ok :
+       {"a", "a/b/c.txt", ".gitignore", ".gitx", "x.git", "git~10",
+        "\xc3\xbcnicode/\xe3\x83\x95.txt", "a b/c d", "...", ".git~1", "g.it", "a\\b"})
     EXPECT_FALSE(sync::check_untrusted_path(ok)) << ok;
   struct bad {
     std::string path, rule;
@@ -261,12 +264,12 @@ TEST(git_sync_paths, the_entry_rules) {
     return e;
   };
   sync::limits lim;
-  EXPECT_FALSE(sync::check_untrusted_entries(
-    {entry(0100644, "a"), entry(0100755, "b"), entry(0100664, "c"), entry(0120000, "l")},
-    {{"l", "a"}}, lim));
+  EXPECT_FALSE(sync::check_untrusted_entries({entry(0100644, "a"), entry(0100755, "b"),
+                                              entry(0100664, "c"), entry(0120000, "l")},
+                                             {{"l", "a"}}, lim));
   auto err = sync::check_untrusted_entries({entry(0100600, "odd")}, {}, lim);
   EXPECT_NE(message_of(err).find("unknown mode 100600"), std::string::npos)
-    << message_of(err);
+      << message_of(err);
   err = sync::check_untrusted_entries({entry(0120000, "l")}, {}, lim);
   EXPECT_NE(message_of(err).find("could not be read"), std::string::npos);
   err = sync::check_untrusted_entries({entry(0120000, "l")}, {{"l", ""}}, lim);
@@ -276,8 +279,8 @@ TEST(git_sync_paths, the_entry_rules) {
   err = sync::check_untrusted_entries({entry(0120000, "a/b/l")}, {{"a/b/l", "../../x"}},
                                       lim);
   EXPECT_FALSE(err) << "../../x from a/b stays at the top";
-  err = sync::check_untrusted_entries({entry(0120000, "a/b/l")}, {{"a/b/l", "../../../x"}},
-                                      lim);
+  err = sync::check_untrusted_entries({entry(0120000, "a/b/l")},
+                                      {{"a/b/l", "../../../x"}}, lim);
   EXPECT_NE(message_of(err).find("outside"), std::string::npos);
 }
 

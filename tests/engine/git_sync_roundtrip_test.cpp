@@ -25,7 +25,7 @@ protected:
     std::map<std::string, std::string> files;
     for (int i = 0; i < 300; ++i)
       files["src/d" + std::to_string(i % 10) + "/f" + std::to_string(i) + ".dat"] =
-        random_bytes(10 * 1024, static_cast<uint32_t>(i));
+          random_bytes(10 * 1024, static_cast<uint32_t>(i));
     files[".gitignore"] = "*.log\n";
     make_repo(local, files);
     write_file(local + "/run.sh", "#!/bin/sh\necho hi\n", true);
@@ -112,7 +112,8 @@ TEST_F(git_sync_roundtrip, an_update_keeps_the_agents_changes_or_refuses_cleanly
   auto before = read_worktree(vm);
   auto r = sh(sync::vm_receive_command(vm, snap->commit, up2.commit), *pack);
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_NE(r.error.find("conflicts with the agent's changes"), std::string::npos) << r.error;
+  EXPECT_NE(r.error.find("conflicts with the agent's changes"), std::string::npos)
+      << r.error;
   EXPECT_EQ(read_worktree(vm), before);
   EXPECT_EQ(git(vm, {"rev-parse", "refs/aloft/base"}), up2.commit);
 }
@@ -187,8 +188,8 @@ TEST_F(git_sync_roundtrip, the_vm_snapshot_leaves_the_agents_index_and_branches_
   auto again = sh(sync::vm_snapshot_command(vm, up1.commit));
   ASSERT_EQ(again.exit_code, 0) << again.error;
   std::string commit2;
-  ASSERT_FALSE(sync::parse_snapshot_header(again.output.substr(0, again.output.find('\n')),
-                                           commit2, size));
+  ASSERT_FALSE(sync::parse_snapshot_header(
+      again.output.substr(0, again.output.find('\n')), commit2, size));
   EXPECT_EQ(git(vm, {"rev-parse", commit2 + "^{tree}"}),
             git(vm, {"rev-parse", commit + "^{tree}"}));
 }
@@ -202,11 +203,11 @@ TEST(git_sync_header, parses_strictly) {
   EXPECT_EQ(n, 1234u);
   EXPECT_FALSE(sync::parse_snapshot_header(sha + " 0", commit, n));
   EXPECT_EQ(n, 0u);
-  for (const std::string& bad : std::vector<std::string>{sha + " ", sha + "  12", sha + " 12 ", sha + " -1", sha + " 0x10",
-                          sha + " 012", sha + " 99999999999999999999",
-                          std::string(39, 'a') + " 12", std::string(40, 'A') + " 12",
-                          std::string(40, 'g') + " 12", sha + "12", "", "\n",
-                          sha + " 12\n\n"}) {
+  for (const std::string& bad : std::vector<std::string>{
+           sha + " ", sha + "  12", sha + " 12 ", sha + " -1", sha + " 0x10",
+           sha + " 012", sha + " 99999999999999999999", std::string(39, 'a') + " 12",
+           std::string(40, 'A') + " 12", std::string(40, 'g') + " 12", sha + "12", "",
+           "\n", sha + " 12\n\n"}) {
     auto err = sync::parse_snapshot_header(bad, commit, n);
     EXPECT_TRUE(err) << bad;
     EXPECT_EQ(code_of(err), errc::data_loss) << bad;

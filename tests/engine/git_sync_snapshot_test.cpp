@@ -42,7 +42,8 @@ TEST_F(git_sync_snapshot, holds_the_whole_worktree_and_leaves_the_user_state_alo
   write_file(local + "/empty", "");
   write_file(local + "/blob.bin", std::string("\0\x01\xff\0binary", 10));
   write_file(local + "/a/b/c/d/e/f/g/h/deep.txt", "deep\n");
-  write_file(local + "/\xc3\xbcnicode/\xe3\x83\x95\xe3\x82\xa1\xe3\x82\xa4\xe3\x83\xab.txt",
+  write_file(local
+                 + "/\xc3\xbcnicode/\xe3\x83\x95\xe3\x82\xa1\xe3\x82\xa4\xe3\x83\xab.txt",
              "unicode\n");
   write_file(local + "/name with spaces and 'quotes'", "q\n");
   ASSERT_EQ(::symlink("tracked.txt", (local + "/link").c_str()), 0);
@@ -51,7 +52,8 @@ TEST_F(git_sync_snapshot, holds_the_whole_worktree_and_leaves_the_user_state_alo
   write_file(local + "/build/out.o", "ignored too\n");
 
   auto index_before = read_file(local + "/.git/index");
-  auto status_before = git(local, {"-c", "core.fsmonitor=false", "status", "--porcelain"});
+  auto status_before =
+      git(local, {"-c", "core.fsmonitor=false", "status", "--porcelain"});
   auto head_before = git(local, {"rev-parse", "HEAD"});
   auto branches_before = git(local, {"for-each-ref", "refs/heads"});
   auto expected = read_worktree(local);
@@ -78,7 +80,7 @@ TEST_F(git_sync_snapshot, holds_the_whole_worktree_and_leaves_the_user_state_alo
   // No temporary files left behind.
   for (auto& e : fs::directory_iterator(local + "/.git"))
     EXPECT_EQ(e.path().filename().string().rfind("aloft-", 0), std::string::npos)
-      << e.path();
+        << e.path();
 }
 
 TEST_F(git_sync_snapshot, works_without_commits_and_without_an_identity) {
@@ -88,7 +90,7 @@ TEST_F(git_sync_snapshot, works_without_commits_and_without_an_identity) {
   auto snap = sync::snapshot_worktree(local, "", "");
   ASSERT_TRUE(snap) << describe(snap.error());
   EXPECT_EQ(git(local, {"rev-list", "--parents", "-n1", snap->commit}), snap->commit)
-    << "no parent";
+      << "no parent";
   EXPECT_EQ(git(local, {"show", snap->commit + ":first.txt"}), "first");
   EXPECT_EQ(git(local, {"for-each-ref"}), "") << "no ref when none is asked for";
 }
@@ -104,7 +106,7 @@ TEST_F(git_sync_snapshot, takes_assume_unchanged_files_as_they_are) {
 
 TEST_F(git_sync_snapshot, sees_a_file_changed_right_after_the_index_was_written) {
   make_repo(local, {{"a.txt", "aaaa\n"}});
-  git(local, {"status", "--porcelain"}); // refreshes the index
+  git(local, {"status", "--porcelain"});  // refreshes the index
   write_file(local + "/a.txt", "bbbb\n"); // same size, likely the same second
   auto snap = sync::snapshot_worktree(local, "", "");
   ASSERT_TRUE(snap) << describe(snap.error());
@@ -134,7 +136,8 @@ TEST_F(git_sync_snapshot, submodules_and_nested_repositories_are_noted_and_left_
   make_repo(local, {{"a.txt", "a\n"}});
   make_repo(tmp.path() + "/other", {{"o.txt", "o\n"}});
   auto sub_head = git(tmp.path() + "/other", {"rev-parse", "HEAD"});
-  git(local, {"update-index", "--add", "--cacheinfo", "160000," + sub_head + ",libs/sub"});
+  git(local,
+      {"update-index", "--add", "--cacheinfo", "160000," + sub_head + ",libs/sub"});
   git(local, {"commit", "-q", "-m", "add a submodule"});
   make_repo(local + "/nested", {{"n.txt", "n\n"}}); // untracked, has its own .git
 
