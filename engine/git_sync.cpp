@@ -1576,6 +1576,9 @@ std::string vm_receive_command(const std::string& workdir, const std::string& co
       << vm_preamble()
       << "cd \"$W\" 2> /dev/null || fail \"the VM worktree $W is missing\"\n"
          "[ -d .git ] || fail \"the VM worktree $W is not a git repository\"\n"
+         // An incremental pack is thin: its deltas need the base's objects.
+         "[ -z \"$B\" ] || g cat-file -e \"$B^{commit}\" 2> /dev/null || fail \"the VM "
+         "repository lacks the synced-up snapshot $B; sync up from scratch\"\n"
          "g index-pack --stdin --fix-thin > /dev/null || fail \"git index-pack failed\"\n"
          "g cat-file -e \"$C^{commit}\" || fail \"the pack did not hold commit $C\"\n"
          "if [ -z \"$B\" ]; then\n"

@@ -148,11 +148,11 @@ sync::snapshot git_sync_fixture::sync_up(const std::string& base) {
   if (!pack)
     return {};
   last_pack_bytes = pack->size();
-  if (base.empty()) {
-    auto prep = sh(sync::vm_prepare_command(vm));
-    EXPECT_EQ(prep.exit_code, 0) << prep.error;
-  }
-  auto r = sh(sync::vm_receive_command(vm, snap->commit, base), *pack);
+  // As the sync actor runs them: one script, preparing (idempotent) and then
+  // receiving the pack on stdin.
+  auto r = sh(sync::vm_prepare_command(vm) + "\n"
+                  + sync::vm_receive_command(vm, snap->commit, base),
+              *pack);
   EXPECT_EQ(r.exit_code, 0) << r.error;
   return *snap;
 }

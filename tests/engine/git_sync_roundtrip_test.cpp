@@ -133,6 +133,9 @@ TEST_F(git_sync_roundtrip, vm_commands_fail_clearly_on_a_missing_or_broken_workt
   r = sh(sync::vm_snapshot_command(vm, std::string(40, 'e')));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.error.find("lacks the synced-up snapshot"), std::string::npos) << r.error;
+  r = sh(sync::vm_receive_command(vm, up1.commit, std::string(40, 'e')), "PACK");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.error.find("lacks the synced-up snapshot"), std::string::npos) << r.error;
 
   ::unlink((vm + "/a.txt").c_str());
   r = sh(sync::vm_snapshot_command(vm, up1.commit));
