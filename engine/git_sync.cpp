@@ -1158,10 +1158,17 @@ caf::expected<std::string> make_pack(const std::string& repo, const std::string&
   // for them costs seconds on 10,000 files and saves little. Deltas already
   // in the repository's packs are still reused. Later syncs are small and
   // gain most from deltas against what the VM has.
-  if (have.empty())
+  if (have.empty()) {
     args.push_back("--window=0");
-  else
+  } else {
     args.push_back("--thin");
+    // Snapshots are siblings (each one's parent is HEAD), so a `have` is
+    // usually not an ancestor of `want`, and git would only subtract the
+    // trees of the common ancestors: every uncommitted change would travel
+    // again. --shallow makes git subtract (and delta against) the trees of
+    // every `have` itself.
+    args.push_back("--shallow");
+  }
   git_call call;
   call.input = revs;
   auto r = run_git(repo, args, call);

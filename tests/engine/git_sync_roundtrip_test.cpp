@@ -37,6 +37,10 @@ protected:
     ASSERT_EQ(::symlink("run.sh", (local + "/link").c_str()), 0);
     ASSERT_EQ(::symlink("a/b/c", (local + "/dirlink").c_str()), 0);
     write_file(local + "/debug.log", "ignored\n");
+    // Uncommitted work is in every snapshot; a later sync must not send it
+    // again (each snapshot's parent is HEAD, not the previous snapshot).
+    write_file(local + "/uncommitted.bin", random_bytes(512 * 1024, 7));
+    write_file(local + "/src/d1/f1.dat", random_bytes(10 * 1024, 99));
   }
 
   worktree_state local_without_ignored() {
