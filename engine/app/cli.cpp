@@ -932,10 +932,10 @@ std::string format_show(const json& show_result, int64_t now) {
     std::string action;
     if (timer == "idle")
       action = rec.get_bool("auto_destroy", true)
-                 ? "destroy the VM"
+                 ? "sync down to a safety ref, then destroy"
                  : "warn (auto-destroy is off)";
     else if (timer == "hard")
-      action = "destroy the VM";
+      action = "sync down to a safety ref, then destroy";
     else
       action = printable(timer);
     next = printable(timer) + " timeout " + (at > now ? "in " + format_duration(at - now)
