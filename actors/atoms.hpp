@@ -41,5 +41,6 @@ using lookup_atom = caf::atom_constant<caf::atom("lookup")>;
 using sync_atom = caf::atom_constant<caf::atom("sync")>;
 using sync_up_atom = caf::atom_constant<caf::atom("syncup")>;
 using sync_down_atom = caf::atom_constant<caf::atom("syncdown")>;
+using sync_state_atom = caf::atom_constant<caf::atom("syncstate")>;
 
 } // namespace aloft

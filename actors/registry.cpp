@@ -127,6 +127,12 @@ public:
           return not_live(id);
         return delegate(s->second, sync_down_atom::value, mode, branch);
       },
+      [=](sync_state_atom, const std::string& id) -> caf::result<caf::message> {
+        auto s = live_.find(id);
+        if (s == live_.end())
+          return not_live(id);
+        return delegate(s->second, sync_state_atom::value);
+      },
       [=](activity_atom, const std::string& id, const std::string& source) {
         auto s = live_.find(id);
         if (s != live_.end())

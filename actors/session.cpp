@@ -77,6 +77,7 @@ public:
         return rp;
       },
       [=](sync_up_atom) -> caf::result<sync_outcome> { return not_syncable(); },
+      [=](sync_state_atom) -> caf::result<sync_state> { return sync_state_of(); },
       [=](sync_down_atom, sync::apply_mode, const std::string&)
         -> caf::result<sync_outcome> { return not_syncable(); },
       // Only a running session has an agent whose activity counts and a
@@ -761,6 +762,89 @@ private:
           sync_in_flight_ = false;
           done(std::move(err));
         });
+  }
+
+  // Compares both sides with the last snapshots: the local worktree on the
+  // executor, the VM's worktree through the transport (nothing is kept).
+  caf::result<sync_state> sync_state_of() {
+    sync_state none;
+    if (rec_.synced_up.empty()) {
+      none.local_note = none.vm_note = "never synced up";
+      return none;
+    }
+    auto rp = make_response_promise();
+    auto st = std::make_shared<sync_state>();
+    auto trees = std::make_shared<std::pair<std::string, std::string>>(); // up, last
+    auto vm_tree = std::make_shared<std::string>();
+    auto pending = std::make_shared<int>(transport_ && rec_.state == session_state::running
+                                           ? 2 : 1);
+    if (*pending == 1)
+      st->vm_note = "the VM is not connected";
+    auto done = [=]() mutable {
+      if (--*pending > 0)
+        return;
+      if (!vm_tree->empty() && !trees->second.empty())
+        st->vm_changed = *vm_tree != trees->second ? 1 : 0;
+      rp.deliver(*st);
+    };
+    auto self_handle = caf::actor_cast<caf::actor>(this);
+    auto worktree = rec_.worktree;
+    auto up = rec_.synced_up;
+    auto last = rec_.synced_down.empty() ? rec_.synced_up : rec_.synced_down;
+    env_->blocking->post([self_handle, worktree, up, last, st, trees, done]() mutable {
+      std::vector<std::string> notes;
+      auto repo = sync::check_worktree(worktree, notes);
+      sync_state local;
+      std::string up_tree, last_tree;
+      if (!repo) {
+        local.local_note = message_of(repo.error());
+      } else {
+        auto snap = sync::snapshot_worktree(worktree, "", "aloft: status");
+        auto t_up = sync::tree_of(*repo, up);
+        auto t_last = sync::tree_of(*repo, last);
+        if (snap && t_up)
+          local.local_changed = snap->tree != *t_up ? 1 : 0;
+        else
+          local.local_note = describe(snap ? t_up.error() : snap.error());
+        if (t_last)
+          last_tree = *t_last;
+      }
+      caf::anon_send(self_handle, actor_task{[=]() mutable {
+        st->local_changed = local.local_changed;
+        st->local_note = local.local_note;
+        trees->second = last_tree;
+        done();
+      }});
+    });
+    if (*pending == 2) {
+      auto out = std::make_shared<std::string>();
+      auto err_text = std::make_shared<std::string>();
+      exec_callbacks cb;
+      cb.on_stdout = [out](std::string_view s) {
+        if (out->size() < 256)
+          out->append(s);
+      };
+      cb.on_stderr = [err_text](std::string_view s) {
+        if (err_text->size() < 1024)
+          err_text->append(s);
+      };
+      cb.on_exit = [self_handle, out, err_text, st, vm_tree, done](const caf::error& err,
+                                                                   int code) mutable {
+        caf::anon_send(self_handle, actor_task{[=]() mutable {
+          auto line = out->substr(0, out->find('\n'));
+          bool hex = line.size() == 40
+                     && line.find_first_not_of("0123456789abcdef") == std::string::npos;
+          if (!err && code == 0 && hex)
+            *vm_tree = line;
+          else
+            st->vm_note = err ? describe(err) : "the VM could not tell (exit "
+                                                  + std::to_string(code) + ")";
+          done();
+        }});
+      };
+      transport_->exec(sync::vm_tree_command(rec_.workdir, rec_.synced_up), std::move(cb));
+    }
+    return rp;
   }
 
   void initial_sync_up() {

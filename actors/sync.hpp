@@ -55,6 +55,15 @@ struct sync_outcome {
   sync::apply_result applied;
 };
 
+/// Whether the two sides moved since the last sync: -1 unknown (with a
+/// note saying why), 0 no, 1 yes.
+struct sync_state {
+  int local_changed = -1; // the local worktree vs the last synced-up snapshot
+  int vm_changed = -1;    // the VM's worktree vs what was last brought down (or up)
+  std::string local_note;
+  std::string vm_note;
+};
+
 /// Spawns a sync job; send it `(sync_atom)` to run it once.
 caf::actor spawn_sync(caf::actor_system& sys, sync_job job, std::shared_ptr<transport> t,
                       executor* blocking, caf::actor registry);
@@ -63,4 +72,5 @@ caf::actor spawn_sync(caf::actor_system& sys, sync_job job, std::shared_ptr<tran
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(aloft::sync_job)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(aloft::sync_outcome)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(aloft::sync_state)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(aloft::sync::apply_mode)

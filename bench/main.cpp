@@ -350,10 +350,10 @@ void print(const report& r, const std::string& json_path) {
   for (auto& f : r.figures) {
     char base[32] = "-", ratio[32] = "-";
     if (f.baseline > 0) {
-      std::snprintf(base, sizeof(base), "%.0f", f.baseline);
-      std::snprintf(ratio, sizeof(ratio), "%.1fx", f.value / f.baseline);
+      std::snprintf(base, sizeof(base), "%.4g", f.baseline);
+      std::snprintf(ratio, sizeof(ratio), "%.2fx", f.value / f.baseline);
     }
-    std::printf("%-14s %-52s %14.1f %14s %8s %s\n", f.scenario.c_str(), f.name.c_str(),
+    std::printf("%-14s %-52s %14.4g %14s %8s %s\n", f.scenario.c_str(), f.name.c_str(),
                 f.value, base, ratio, f.unit.c_str());
     auto j = json::object();
     j.set("scenario", f.scenario).set("figure", f.name).set("value", f.value);

@@ -1113,6 +1113,12 @@ caf::expected<tree_stats> stats_of(const std::string& repo, const std::string& c
   return stats_from(*entries);
 }
 
+caf::expected<std::string> tree_of(const std::string& repo, const std::string& commit) {
+  if (auto err = check_oid(commit, "tree of"))
+    return err;
+  return git_text(repo, {"rev-parse", "--verify", "-q", commit + "^{tree}"});
+}
+
 caf::error update_ref(const std::string& repo, const std::string& ref,
                       const std::string& commit) {
   if (auto err = check_oid(commit, "update ref"))
@@ -1604,7 +1610,12 @@ std::string vm_receive_command(const std::string& workdir, const std::string& co
   return cmd.str();
 }
 
-std::string vm_snapshot_command(const std::string& workdir, const std::string& base) {
+namespace {
+
+// The shared start of the VM snapshot and the VM status: checks the VM's
+// worktree and writes its tree into `$t` with a temporary index (the
+// agent's own index untouched).
+std::string vm_tree_script(const std::string& workdir, const std::string& base) {
   std::ostringstream cmd;
   cmd << "W=" << shell_quote(workdir) << "; B=" << shell_quote(base) << "\n"
       << vm_preamble()
@@ -1651,8 +1662,22 @@ std::string vm_snapshot_command(const std::string& workdir, const std::string& b
          "\"$T/links\")\" "
          ">&2\n"
          "fi\n"
-         "t=$(g write-tree) || fail \"git write-tree failed\"\n"
-         "c=$(g commit-tree -p \"$B\" -m 'aloft: snapshot of the VM worktree' \"$t\") || "
+         "t=$(g write-tree) || fail \"git write-tree failed\"\n";
+  return cmd.str();
+}
+
+} // namespace
+
+std::string vm_tree_command(const std::string& workdir, const std::string& base) {
+  // The snapshot's index is not kept: a status look must not change what
+  // the next snapshot starts from.
+  return vm_tree_script(workdir, base) + "echo \"$t\"\n";
+}
+
+std::string vm_snapshot_command(const std::string& workdir, const std::string& base) {
+  std::ostringstream cmd;
+  cmd << vm_tree_script(workdir, base)
+      << "c=$(g commit-tree -p \"$B\" -m 'aloft: snapshot of the VM worktree' \"$t\") || "
          "fail \"git commit-tree failed\"\n"
          "g update-ref refs/aloft/snapshot \"$c\" || fail \"git update-ref failed\"\n"
          "printf '%s\\n^%s\\n' \"$c\" \"$B\" | g pack-objects --stdout --revs --thin -q "

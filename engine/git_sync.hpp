@@ -83,6 +83,9 @@ caf::expected<snapshot> snapshot_worktree(const std::string& worktree,
 /// Size and file count of a commit's tree.
 caf::expected<tree_stats> stats_of(const std::string& repo, const std::string& commit);
 
+/// The tree id of `commit`.
+caf::expected<std::string> tree_of(const std::string& repo, const std::string& commit);
+
 /// Points `ref` at `commit` in the repository (git update-ref).
 caf::error update_ref(const std::string& repo, const std::string& ref,
                       const std::string& commit);
@@ -192,6 +195,11 @@ std::string vm_receive_command(const std::string& workdir, const std::string& co
 /// objects not reachable from `base`. Exits non-zero with a message on
 /// stderr when the worktree is missing, empty or not a repository.
 std::string vm_snapshot_command(const std::string& workdir, const std::string& base);
+
+/// Prints the tree id of the agent's worktree as a snapshot would take it
+/// (same checks and errors), without keeping anything: for telling whether
+/// the VM has changes not yet brought down.
+std::string vm_tree_command(const std::string& workdir, const std::string& base);
 
 /// Parses the header line of `vm_snapshot_command`'s output. Untrusted.
 caf::error parse_snapshot_header(const std::string& line, std::string& commit,

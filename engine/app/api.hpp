@@ -72,6 +72,15 @@ struct sync_result {
   std::string diffstat;  // down: what changed, as `git diff --stat`
 };
 
+/// Whether the two sides moved since the last sync: -1 unknown (the note
+/// says why), 0 no, 1 yes.
+struct sync_status {
+  int local_changed = -1; // the local worktree since the last sync up
+  int vm_changed = -1;    // the VM's worktree since what was last brought down
+  std::string local_note;
+  std::string vm_note;
+};
+
 class engine {
 public:
   virtual ~engine() = default;
@@ -117,6 +126,12 @@ public:
   /// then applies it, makes a branch, or only reports (dry run). Nothing
   /// local is overwritten. Publishes `sync` progress events.
   virtual caf::expected<sync_result> sync_down(const sync_down_request& req) = 0;
+
+  /// Compares the local worktree and the VM's worktree with the last
+  /// snapshots (takes a snapshot of each, keeps nothing). Errors: not_found,
+  /// failed_precondition (the session has no VM).
+  /// An engine that cannot tell says so.
+  virtual caf::expected<sync_status> sync_state(const std::string& id);
 
   /// The local file holding the agent's output delivered so far.
   virtual caf::expected<std::string> log_path(const std::string& id) = 0;

@@ -277,6 +277,18 @@ public:
     return r;
   }
 
+  caf::expected<sync_status> sync_state(const std::string& id) override {
+    auto st = call<aloft::sync_state>(sync_state_atom::value, id);
+    if (!st)
+      return st.error();
+    sync_status out;
+    out.local_changed = st->local_changed;
+    out.vm_changed = st->vm_changed;
+    out.local_note = st->local_note;
+    out.vm_note = st->vm_note;
+    return out;
+  }
+
   caf::expected<std::string> log_path(const std::string& id) override {
     auto rec = call<session_record>(get_atom::value, id);
     if (!rec)

@@ -279,5 +279,23 @@ TEST_F(sync_e2e, idle_destroy_saves_the_agents_work_to_the_safety_ref_first) {
     << "a safety sync must never write the worktree";
 }
 
+TEST_F(sync_e2e, sync_state_tells_which_side_moved) {
+  auto rec = launch();
+  auto st = engine_->sync_state(rec.id);
+  ASSERT_TRUE(st) << describe(st.error());
+  EXPECT_EQ(st->local_changed, 0) << st->local_note;
+  EXPECT_EQ(st->vm_changed, 0) << st->vm_note;
+  write_file(wt_ + "/src/main.c", "changed locally\n");
+  write_file(rec.workdir + "/agent.txt", "changed on the VM\n");
+  st = engine_->sync_state(rec.id);
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->local_changed, 1) << st->local_note;
+  EXPECT_EQ(st->vm_changed, 1) << st->vm_note;
+  ASSERT_TRUE(engine_->sync_down({rec.id, sync_down_mode::apply, {}}));
+  st = engine_->sync_state(rec.id);
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->vm_changed, 0) << st->vm_note;
+}
+
 } // namespace
 } // namespace aloft
