@@ -11,6 +11,11 @@
 #include "engine/app/protocol.hpp"
 #include "engine/base/error.hpp"
 
+// aloft.h is C and cannot include protocol.hpp; this keeps the two numbers
+// one.
+static_assert(ALOFT_PROTOCOL_VERSION == aloft::protocol_version,
+              "bump ALOFT_PROTOCOL_VERSION in include/aloft.h with protocol_version");
+
 namespace {
 
 // One subscription. The engine may still be running a callback when

@@ -9,11 +9,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <functional>
+#include <iostream>
+#include <memory>
 #include <ostream>
 #include <utility>
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -43,6 +47,7 @@ struct command_spec {
   std::vector<flag_spec> flags;
   const char* summary;
   const char* details;
+  const char* options_synopsis = nullptr; // replaces the generated "[--x] [--y]"
 };
 
 const std::vector<command_spec>& commands() {
@@ -81,8 +86,10 @@ const std::vector<command_spec>& commands() {
      {"ID"},
      {},
      "show one session: every field, the next timer, the last activity",
-     "Prints the session's record, which timer fires next and when, and\n"
-     "what last pushed the idle deadline."},
+     "Prints the session's record, which timer fires next and when, what\n"
+     "last pushed the idle deadline, and the sync state: the snapshots last\n"
+     "synced up and down (or never) and the safety ref taken before a timed\n"
+     "destroy."},
     {"logs",
      {"ID"},
      {{"--follow", "-f", nullptr, "keep printing output as it arrives"}},
@@ -97,6 +104,40 @@ const std::vector<command_spec>& commands() {
      "pinned host key. Detaching (tmux: Ctrl-b d) leaves the agent running;\n"
      "several terminals may be attached at once. With --json, prints the\n"
      "connection details instead of attaching."},
+    {"sync-up",
+     {"ID"},
+     {},
+     "send the local worktree's current state to the VM",
+     "Snapshots the session's local worktree (HEAD, staged, unstaged and\n"
+     "untracked files that are not ignored) without touching your index or\n"
+     "files, sends only the objects the VM lacks, and checks the snapshot out\n"
+     "on the VM. Shows progress on stderr (a bar on a terminal). Prints\n"
+     "\"synced up COMMIT: N files, X bytes\". Interrupting the command does\n"
+     "not stop the sync; `aloft show ID` tells where it got to."},
+    {"sync-down",
+     {"ID"},
+     {
+       {"--apply", nullptr, nullptr,
+        "merge the agent's changes into the local worktree (the default)"},
+       {"--branch", nullptr, "NAME", "create branch NAME with the agent's changes instead"},
+       {"--dry-run", nullptr, nullptr, "print what would change; write nothing"},
+     },
+     "bring the agent's changes home",
+     "Snapshots the agent's worktree on the VM (its index and branches are\n"
+     "left alone), brings the new objects back, checks them as untrusted and\n"
+     "stores the snapshot under refs/aloft/sessions/ID/. Then:\n"
+     "  --apply    a three-way merge into the local worktree (base: the last\n"
+     "             sync up). Your local state is saved to a ref first. A file\n"
+     "             changed on both sides is a conflict: it is left exactly as\n"
+     "             it was locally, and the agent's version stays readable with\n"
+     "             `git show REF:PATH` (printed for each conflict).\n"
+     "  --branch   a new local branch holding the agent's changes on top of\n"
+     "             the base; the worktree is not touched.\n"
+     "  --dry-run  the diffstat of what would change.\n"
+     "Conflicts are not a failure: the command exits 0 and ends with\n"
+     "\"N conflicts\" (with --json, the `conflicts` list). Shows progress on\n"
+     "stderr; interrupting the command does not stop the sync.",
+     "[--apply | --branch NAME | --dry-run]"},
     {"extend",
      {"ID", "DURATION"},
      {},
@@ -173,6 +214,16 @@ caf::error apply_flag(cli_command& cmd, const std::string& flag, const std::stri
     cmd.follow = true;
   else if (flag == "--output")
     cmd.include_output = true;
+  else if (flag == "--apply")
+    cmd.sync_mode = "apply";
+  else if (flag == "--dry-run")
+    cmd.sync_mode = "dry_run";
+  else if (flag == "--branch") {
+    if (auto err = check_branch_name(value))
+      return usage_error("--branch: " + message_of(err));
+    cmd.sync_mode = "branch";
+    cmd.branch = value;
+  }
   else if (flag == "--session") {
     if (auto err = check_id(value))
       return err;
@@ -270,6 +321,61 @@ bool is_shell_safe_value(const std::string& s) {
   return true;
 }
 
+// A commit as people read it; anything that is not a full hex id (a ref
+// name, say) is shown whole.
+std::string short_commit(const std::string& sha) {
+  constexpr size_t short_len = 12;
+  bool hex = sha.size() >= short_len
+             && std::all_of(sha.begin(), sha.end(), [](unsigned char c) {
+                  return std::isxdigit(c) != 0;
+                });
+  return hex ? sha.substr(0, short_len) : sha;
+}
+
+// Quotes `s` for a POSIX shell when it needs it, so a printed command can be
+// pasted as it is.
+std::string shell_quote(const std::string& s) {
+  bool plain = !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) {
+    return std::isalnum(c) || std::strchr("_-./:@%+=,", c) != nullptr;
+  });
+  if (plain)
+    return s;
+  std::string out = "'";
+  for (char c : s)
+    out += c == '\'' ? std::string{"'\\''"} : std::string(1, c);
+  return out + "'";
+}
+
+std::vector<std::string> string_list(const json& j, std::string_view key) {
+  std::vector<std::string> out;
+  if (auto a = j.find(key); a && a->is_array())
+    for (auto& item : a->items())
+      if (item.is_string())
+        out.push_back(item.as_string());
+  return out;
+}
+
+// Each line of a multi-line text from the daemon, defanged, indented.
+std::string printable_lines(const std::string& text, const std::string& indent) {
+  std::string out;
+  size_t start = 0;
+  while (start < text.size()) {
+    auto nl = text.find('\n', start);
+    auto line = text.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
+    if (!line.empty() && line.back() == '\r')
+      line.pop_back();
+    out += indent + printable(line) + "\n";
+    if (nl == std::string::npos)
+      break;
+    start = nl + 1;
+  }
+  return out;
+}
+
+std::string plural(uint64_t n, const char* one, const char* many) {
+  return std::to_string(n) + " " + (n == 1 ? one : many);
+}
+
 // -- talking to the daemon -------------------------------------------------
 
 // One connection to the daemon, with a line buffer for its replies.
@@ -299,23 +405,13 @@ public:
 
   /// The next reply line; `timeout_ms` < 0 waits as long as it takes.
   caf::expected<json> next(int timeout_ms) {
-    // Replies come from our own daemon, but a bound still keeps a confused
-    // peer from eating all memory.
-    constexpr size_t max_reply = size_t{256} << 20;
     for (;;) {
-      auto nl = buf_.find('\n');
-      if (nl != std::string::npos) {
-        auto line = buf_.substr(0, nl);
-        buf_.erase(0, nl + 1);
-        auto j = json::parse(line);
-        if (!j)
-          return make_error(errc::internal,
-                            "the daemon sent a line that is not JSON: "
-                              + message_of(j.error()));
-        return std::move(*j);
-      }
-      if (buf_.size() > max_reply)
-        return make_error(errc::internal, "the daemon sent an overlong reply");
+      json line;
+      auto got = try_next(line);
+      if (!got)
+        return got.error();
+      if (*got)
+        return line;
       pollfd p{fd_, POLLIN, 0};
       auto rc = ::poll(&p, 1, timeout_ms);
       if (rc < 0 && errno == EINTR)
@@ -325,7 +421,38 @@ public:
       if (rc == 0)
         return make_error(errc::unavailable,
                           "the daemon did not answer in time; it may be busy");
-      char chunk[65536];
+      if (auto err = receive())
+        return err;
+    }
+  }
+
+  /// Takes a line that has already arrived, without waiting: true and
+  /// `out` set, or false when no whole line is buffered.
+  caf::expected<bool> try_next(json& out) {
+    // Replies come from our own daemon, but a bound still keeps a confused
+    // peer from eating all memory.
+    constexpr size_t max_reply = size_t{256} << 20;
+    auto nl = buf_.find('\n');
+    if (nl == std::string::npos) {
+      if (buf_.size() > max_reply)
+        return make_error(errc::internal, "the daemon sent an overlong reply");
+      return false;
+    }
+    auto line = buf_.substr(0, nl);
+    buf_.erase(0, nl + 1);
+    auto j = json::parse(line);
+    if (!j)
+      return make_error(errc::internal,
+                        "the daemon sent a line that is not JSON: " + message_of(j.error()));
+    out = std::move(*j);
+    return true;
+  }
+
+  /// Reads what the socket holds (call when poll says it is readable).
+  /// Errors: unavailable when the daemon closed the connection.
+  caf::error receive() {
+    char chunk[65536];
+    for (;;) {
       auto n = ::recv(fd_, chunk, sizeof(chunk), 0);
       if (n < 0 && errno == EINTR)
         continue;
@@ -335,8 +462,11 @@ public:
         return make_error(errc::unavailable,
                           "the daemon closed the connection (was it stopped?)");
       buf_.append(chunk, static_cast<size_t>(n));
+      return {};
     }
   }
+
+  int fd() const { return fd_; }
 
 private:
   int fd_;
@@ -521,6 +651,124 @@ int run_attach(client_context& ctx, connection& conn) {
                                + "; install the OpenSSH client"));
 }
 
+// Sends a `hello` on the progress connection and reads until its reply,
+// passing the stream items before it to `on_item`: every event the daemon
+// queued for this connection before the hello is then in hand. False when
+// the connection failed (progress is then given up, never the sync).
+bool progress_barrier(connection& watch, const std::string& tag,
+                      const std::function<void(const json&)>& on_item) {
+  constexpr int barrier_timeout_ms = 10'000;
+  auto hello = json::object();
+  hello.set("id", tag).set("op", "hello").set("args", json::object());
+  if (watch.send(hello))
+    return false;
+  for (;;) {
+    auto line = watch.next(barrier_timeout_ms);
+    if (!line)
+      return false;
+    if (line->get_bool("more")) {
+      on_item(*line);
+      continue;
+    }
+    if (line->get_string("id") == tag)
+      return line->get_bool("ok");
+    if (!line->get_bool("ok"))
+      return false; // the events stream itself was refused
+  }
+}
+
+// A second connection that streams `session`'s events, set up completely
+// (the daemon has subscribed) before this returns. Null when that fails.
+std::unique_ptr<connection> follow_progress(const std::string& socket,
+                                            const std::string& session) {
+  auto fd = connect_unix_socket(socket);
+  if (!fd)
+    return nullptr;
+  auto watch = std::make_unique<connection>(*fd);
+  auto req = json::object();
+  req.set("id", "progress").set("op", "events");
+  req.set("args", json::object().set("n", 0).set("follow", true).set("session", session));
+  if (watch->send(req))
+    return nullptr;
+  // Events before our sync starts belong to somebody else's: skip them.
+  if (!progress_barrier(*watch, "ready", [](const json&) {}))
+    return nullptr;
+  return watch;
+}
+
+int run_sync(client_context& ctx, connection& conn, const std::string& socket,
+             const client_options& opts) {
+  auto& cmd = ctx.cmd;
+  progress_view view{opts.progress_terminal, opts.width};
+  auto on_item = [&](const json& line) {
+    auto ev = line.find("result");
+    sync_progress p;
+    if (ev && line.get_bool("more") && read_sync_progress(*ev, p))
+      ctx.err << view.update(p) << std::flush;
+  };
+  // Progress is for people: with --json it is shown only on a terminal.
+  std::unique_ptr<connection> watch;
+  if (opts.progress_terminal || !cmd.json)
+    watch = follow_progress(socket, cmd.id);
+  auto req = request_for(cmd, ctx.next_id++);
+  auto req_id = req.get_int("id");
+  if (auto err = conn.send(req))
+    return ctx.fail(err);
+  json reply;
+  auto give_up = [&](const caf::error& err) {
+    ctx.err << view.finish() << std::flush;
+    return ctx.fail(err);
+  };
+  // A sync takes as long as it takes: wait without a timeout, until the
+  // reply or until the daemon goes away.
+  for (;;) {
+    while (watch) {
+      json line;
+      auto got = watch->try_next(line);
+      if (!got)
+        watch.reset();
+      else if (!*got)
+        break;
+      else
+        on_item(line);
+    }
+    auto got = conn.try_next(reply);
+    if (!got)
+      return give_up(got.error());
+    if (*got) {
+      if (reply.get_int("id") == req_id)
+        break;
+      continue; // not ours; nothing else was asked on this connection
+    }
+    pollfd fds[2] = {{conn.fd(), POLLIN, 0}, {watch ? watch->fd() : -1, POLLIN, 0}};
+    auto rc = ::poll(fds, 2, -1);
+    if (rc < 0 && errno == EINTR)
+      continue;
+    if (rc < 0)
+      return give_up(from_errno(errno, "waiting for the daemon"));
+    if (fds[0].revents != 0)
+      if (auto err = conn.receive())
+        return give_up(err);
+    if (watch && fds[1].revents != 0 && watch->receive())
+      watch.reset(); // progress is lost; the sync's reply is not
+  }
+  // The reply can overtake the last progress events (they travel on the
+  // other connection): collect those before drawing the end.
+  if (watch)
+    progress_barrier(*watch, "done", on_item);
+  ctx.err << view.finish() << std::flush;
+  if (!reply.get_bool("ok"))
+    return ctx.fail(error_from_reply(reply));
+  auto r = reply.find("result");
+  json result = r ? *r : json::object();
+  if (cmd.json)
+    ctx.print_json(result);
+  else
+    ctx.out << (cmd.name == "sync-up" ? format_sync_up(result) : format_sync_down(result))
+            << std::flush;
+  return exit_codes::ok;
+}
+
 } // namespace
 
 // -- exit codes and parsing -------------------------------------------------
@@ -618,6 +866,7 @@ caf::expected<cli_command> parse_cli(const std::vector<std::string>& args) {
   std::vector<std::string> positionals;
   bool only_positionals = false;
   bool help_word = false;
+  std::string sync_mode_flag; // the sync-down mode flag seen, to refuse a second
   for (size_t i = 0; i < args.size(); ++i) {
     auto a = args[i];
     if (!only_positionals && a == "--") {
@@ -674,6 +923,14 @@ caf::expected<cli_command> parse_cli(const std::vector<std::string>& args) {
       }
       if (auto err = apply_flag(cmd, flag->long_name, value))
         return err;
+      std::string long_name = flag->long_name;
+      if (long_name == "--apply" || long_name == "--branch" || long_name == "--dry-run") {
+        if (!sync_mode_flag.empty() && sync_mode_flag != long_name)
+          return usage_error(sync_mode_flag + " and " + long_name
+                             + " exclude each other (sync-down does one of --apply, "
+                               "--branch NAME, --dry-run)");
+        sync_mode_flag = long_name;
+      }
       continue;
     }
     if (!spec) {
@@ -725,6 +982,8 @@ std::string synopsis(const command_spec& c) {
   std::string s = std::string{"aloft "} + c.name;
   for (auto p : c.positionals)
     s += std::string{" "} + p;
+  if (c.options_synopsis)
+    return s + " " + c.options_synopsis;
   for (auto& f : c.flags) {
     // A flag whose help says "(required)" is shown without brackets.
     bool required = std::string{f.help}.find("(required)") != std::string::npos;
@@ -759,8 +1018,11 @@ std::string usage_text() {
   std::string s = "aloft - run coding agents in cloud VMs\n\n"
                   "Usage: aloft [--home DIR] [--json] COMMAND [ARGS]\n\n"
                   "Commands:\n";
+  size_t name_width = 0;
   for (auto& c : commands())
-    s += "  " + pad(c.name, 9) + c.summary + "\n";
+    name_width = std::max(name_width, std::string{c.name}.size());
+  for (auto& c : commands())
+    s += "  " + pad(c.name, name_width + 2) + c.summary + "\n";
   s += "\n";
   s += common_options;
   s += "\nStart the daemon with `aloft serve`; the other commands talk to it.\n"
@@ -860,6 +1122,15 @@ json request_for(const cli_command& cmd, int64_t request_id) {
       args.set("include_output", true);
     if (!cmd.session.empty())
       args.set("session", cmd.session);
+  } else if (n == "sync-up") {
+    req.set("op", "sync_up");
+    args.set("id", cmd.id);
+  } else if (n == "sync-down") {
+    req.set("op", "sync_down");
+    args.set("id", cmd.id);
+    args.set("mode", cmd.sync_mode);
+    if (cmd.sync_mode == "branch")
+      args.set("branch", cmd.branch);
   } else {
     // show, attach, stop, destroy: the op has the command's name.
     req.set("op", n);
@@ -930,6 +1201,8 @@ std::string format_show(const json& show_result, int64_t now) {
   std::string next = "none";
   if (!done && !timer.empty()) {
     std::string action;
+    // Before a timed destroy the engine syncs the agent's work down to the
+    // session's safety ref (never into the worktree).
     if (timer == "idle")
       action = rec.get_bool("auto_destroy", true)
                  ? "sync down to a safety ref, then destroy"
@@ -949,6 +1222,14 @@ std::string format_show(const json& show_result, int64_t now) {
                        : printable(activity) + ", "
                            + relative(rec.get_int("last_activity_at"), now));
   row("log", std::to_string(rec.get_int("log_offset")) + " bytes delivered");
+  auto synced = [&](const char* key) {
+    auto sha = rec.get_string(key);
+    return sha.empty() ? std::string{"never"} : printable(short_commit(sha));
+  };
+  row("synced up", synced("synced_up"));
+  row("synced down", synced("synced_down"));
+  if (!rec.get_string("safety_ref").empty())
+    row("safety ref", str("safety_ref"));
   return table(rows);
 }
 
@@ -980,6 +1261,169 @@ std::string format_launch(const json& rec) {
 std::string format_extend(const json& rec, int64_t now) {
   return printable(rec.get_string("id")) + ": hard deadline is now "
          + relative(rec.get_int("hard_deadline"), now) + "\n";
+}
+
+std::string format_bytes(uint64_t n) {
+  if (n < 1024)
+    return std::to_string(n) + (n == 1 ? " byte" : " bytes");
+  const char* units[] = {"KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(n) / 1024;
+  size_t u = 0;
+  while (v >= 1024 && u + 1 < sizeof(units) / sizeof(units[0])) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f %s", v, units[u]);
+  return buf;
+}
+
+std::string format_sync_up(const json& r) {
+  auto files = static_cast<uint64_t>(std::max<int64_t>(0, r.get_int("files")));
+  auto bytes = static_cast<uint64_t>(std::max<int64_t>(0, r.get_int("bytes")));
+  std::string s = "synced up " + printable(short_commit(r.get_string("commit"))) + ": "
+                  + plural(files, "file", "files") + ", " + format_bytes(bytes) + "\n";
+  for (auto& note : string_list(r, "notes"))
+    s += "note: " + printable(note) + "\n";
+  return s;
+}
+
+std::string format_sync_down(const json& r) {
+  auto mode = r.get_string("mode", "apply");
+  auto commit = printable(short_commit(r.get_string("commit")));
+  auto base = r.get_string("base");
+  auto base_text = base.empty() ? std::string{} : " (base " + printable(short_commit(base)) + ")";
+  auto changed = string_list(r, "changed");
+  auto conflicts = string_list(r, "conflicts");
+  auto diffstat = r.get_string("diffstat");
+  std::string s;
+  if (mode == "dry_run")
+    s += "dry run: nothing was written; the agent's snapshot " + commit + base_text
+         + " would change " + plural(changed.size(), "file", "files") + "\n";
+  else if (mode == "branch")
+    s += "created branch " + printable(r.get_string("branch")) + " at " + commit + base_text
+         + " with the agent's changes; your worktree was not touched\n";
+  else
+    s += "synced down " + commit + base_text + ": "
+         + plural(changed.size(), "file", "files") + " changed\n";
+  if (changed.empty() && conflicts.empty() && diffstat.empty())
+    s += "no changes from the agent\n";
+  s += printable_lines(diffstat, "");
+  if (!changed.empty()) {
+    s += mode == "dry_run" ? "would change:\n" : mode == "branch" ? "changes:\n" : "changed:\n";
+    for (auto& path : changed)
+      s += "  " + printable(path) + "\n";
+  }
+  auto ref = r.get_string("ref");
+  if (ref.empty())
+    ref = r.get_string("commit");
+  for (auto& path : conflicts)
+    s += "conflict: " + printable(path)
+         + " was left as it was locally; the agent's version: git show "
+         + printable(shell_quote(ref + ":" + path)) + "\n";
+  auto saved = r.get_string("saved_ref");
+  if (!saved.empty())
+    s += "your local state before the sync is saved as " + printable(saved) + "\n";
+  for (auto& note : string_list(r, "notes"))
+    s += "note: " + printable(note) + "\n";
+  if (!conflicts.empty())
+    s += plural(conflicts.size(), "conflict", "conflicts")
+         + ": the local files were left as they were; merge the agent's versions by "
+           "hand\n";
+  return s;
+}
+
+// -- sync progress -------------------------------------------------------------
+
+bool read_sync_progress(const json& ev, sync_progress& out) {
+  if (ev.get_string("kind") != "sync")
+    return false;
+  out = sync_progress{};
+  out.message = ev.get_string("message");
+  auto data = json::parse(ev.get_string("data"));
+  if (data && data->is_object()) {
+    out.direction = data->get_string("direction");
+    out.phase = data->get_string("phase");
+    out.done = static_cast<uint64_t>(std::max<int64_t>(0, data->get_int("done")));
+    out.total = static_cast<uint64_t>(std::max<int64_t>(0, data->get_int("total")));
+  }
+  return true;
+}
+
+std::string progress_line(const sync_progress& p, size_t width, bool bar) {
+  // Names from the daemon are short words; a long one is cut, not wrapped.
+  auto word = [](const std::string& w) { return printable(w.substr(0, 16)); };
+  std::string line;
+  if (p.direction.empty() && p.phase.empty()) {
+    line = printable(p.message.empty() ? std::string{"syncing"} : p.message);
+  } else {
+    line = (p.direction.empty() ? std::string{"sync"} : word(p.direction)) + ": "
+           + word(p.phase);
+    std::string amount;
+    int pct = -1;
+    if (p.total > 0) {
+      amount = format_bytes(p.done) + (bar ? " / " : " of ") + format_bytes(p.total);
+      pct = p.done >= p.total
+              ? 100
+              : static_cast<int>(static_cast<double>(p.done) * 100 / static_cast<double>(p.total));
+    } else if (p.done > 0) {
+      amount = format_bytes(p.done);
+    }
+    if (bar && pct >= 0) {
+      char tail[16];
+      std::snprintf(tail, sizeof(tail), "  %3d%%", pct);
+      auto fixed = line.size() + 3 + 2 + amount.size() + std::strlen(tail);
+      size_t room = width > fixed + 1 ? width - 1 - fixed : 0;
+      size_t cells = std::min<size_t>(30, room);
+      if (cells >= 5) {
+        auto full = cells * static_cast<size_t>(pct) / 100;
+        std::string cellstr(full, '=');
+        if (full < cells)
+          cellstr += '>' + std::string(cells - full - 1, ' ');
+        line += " [" + cellstr + "] ";
+      } else {
+        line += " ";
+      }
+      line += amount + tail;
+    } else {
+      if (!amount.empty())
+        line += " " + amount;
+      if (pct >= 0)
+        line += " (" + std::to_string(pct) + "%)";
+    }
+  }
+  if (width > 1 && line.size() > width - 1)
+    line.resize(width - 1);
+  return line;
+}
+
+progress_view::progress_view(bool terminal, size_t width)
+  : terminal_(terminal), width_(width) {}
+
+std::string progress_view::update(const sync_progress& p) {
+  if (terminal_) {
+    auto line = progress_line(p, width_, true);
+    if (drawn_ && line == last_)
+      return {};
+    last_ = line;
+    drawn_ = true;
+    return "\r" + line + "\x1b[K";
+  }
+  auto key = p.direction + " " + p.phase;
+  if (p.direction.empty() && p.phase.empty())
+    key = p.message;
+  if (key == last_)
+    return {};
+  last_ = key;
+  return progress_line(p, std::string::npos, false) + "\n";
+}
+
+std::string progress_view::finish() {
+  if (!terminal_ || !drawn_)
+    return {};
+  drawn_ = false;
+  last_.clear();
+  return "\r\x1b[K";
 }
 
 std::string format_error(const std::string& code, const std::string& message) {
@@ -1090,6 +1534,18 @@ caf::error write_known_hosts(const attach_plan& plan) {
 // -- running -------------------------------------------------------------------
 
 int run_client(const cli_command& cmd, std::ostream& out, std::ostream& err) {
+  client_options opts;
+  if (&err == &std::cerr && ::isatty(STDERR_FILENO)) {
+    opts.progress_terminal = true;
+    winsize ws{};
+    if (::ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+      opts.width = ws.ws_col;
+  }
+  return run_client(cmd, out, err, opts);
+}
+
+int run_client(const cli_command& cmd, std::ostream& out, std::ostream& err,
+               const client_options& opts) {
   client_context ctx{cmd, out, err};
   auto layout = resolve_home(cmd.home);
   auto socket = layout.socket_path();
@@ -1120,6 +1576,8 @@ int run_client(const cli_command& cmd, std::ostream& out, std::ostream& err) {
     return run_events(ctx, conn);
   if (cmd.name == "attach")
     return run_attach(ctx, conn);
+  if (cmd.name == "sync-up" || cmd.name == "sync-down")
+    return run_sync(ctx, conn, socket, opts);
   auto req = request_for(cmd, ctx.next_id++);
   if (cmd.name == "launch") {
     // The daemon's working directory is not ours: send an absolute path.

@@ -6,6 +6,11 @@
 // `aloft serve`, sends protocol requests (protocol.hpp) and prints the
 // replies. `serve` itself lives in serve.hpp, because it opens the engine.
 //
+// `sync-up` and `sync-down` show progress while they wait: a second
+// connection follows the session's `sync` events, and `progress_view`
+// (pure) turns them into a bar redrawn in place on a terminal, or into one
+// plain line per phase otherwise, on stderr.
+//
 // Nothing here is shared between threads.
 #pragma once
 
@@ -63,6 +68,10 @@ struct cli_command {
   int64_t count = -1; // -n; < 0: the default
   bool include_output = false;
   std::string session;
+
+  // sync-down
+  std::string sync_mode = "apply"; // "apply", "branch" or "dry_run"
+  std::string branch;              // --branch NAME
 };
 
 /// Parses the arguments after the program name. Errors: invalid_argument
@@ -96,8 +105,58 @@ std::string format_show(const json& show_result, int64_t now_ms);
 std::string format_event(const json& ev);
 std::string format_launch(const json& record);
 std::string format_extend(const json& record, int64_t now_ms);
+/// The outcome of a `sync_up` result: "synced up <commit>: N files, X bytes".
+std::string format_sync_up(const json& result);
+/// The outcome of a `sync_down` result: what changed (diffstat and files),
+/// each conflict with where the agent's version is, the saved ref, the
+/// branch; a dry run says that nothing was written.
+std::string format_sync_down(const json& result);
+/// "812 bytes", "3.2 KiB", "17.4 MiB", "1.1 GiB".
+std::string format_bytes(uint64_t n);
 /// An error for a person: the message and what to do about it.
 std::string format_error(const std::string& code, const std::string& message);
+
+// -- sync progress -----------------------------------------------------------
+
+/// Where a sync is, as a `sync` event says: its `data` is the JSON
+/// {"direction","phase","done","total"} (bytes; total 0 when not known yet)
+/// and its `message` a line for a person.
+struct sync_progress {
+  std::string direction; // "up" or "down"
+  std::string phase;     // "snapshot", "send", "receive", "apply", "done"
+  uint64_t done = 0;
+  uint64_t total = 0;
+  std::string message;
+};
+
+/// Reads a `sync` event (as the protocol sends events). Returns false when
+/// `ev` is not a sync event. Data that cannot be read leaves the numbers 0
+/// and keeps the message, which is then shown instead.
+bool read_sync_progress(const json& ev, sync_progress& out);
+
+/// The text of one progress line, without control sequences, at most
+/// `width` - 1 columns: "up: send [=====>    ] 3.2 MiB / 17.4 MiB  18%"
+/// with `bar`, else "up: send 3.2 MiB of 17.4 MiB (18%)".
+std::string progress_line(const sync_progress& p, size_t width, bool bar);
+
+/// Turns progress into what to write to stderr. On a terminal, one line is
+/// redrawn in place ("\r", the line, erase to its end) whenever its text
+/// changes; otherwise a plain line is written per phase change. Pure: it
+/// only returns text.
+class progress_view {
+public:
+  explicit progress_view(bool terminal, size_t width = 80);
+  /// What to write for `p`; empty when nothing changes on screen.
+  std::string update(const sync_progress& p);
+  /// What to write before other output (clears a drawn bar); empty if none.
+  std::string finish();
+
+private:
+  bool terminal_;
+  size_t width_;
+  std::string last_; // terminal: the line drawn; plain: "direction phase"
+  bool drawn_ = false;
+};
 
 // -- attach ------------------------------------------------------------------
 
@@ -118,9 +177,21 @@ caf::error write_known_hosts(const attach_plan& plan);
 
 // -- running -----------------------------------------------------------------
 
+/// How the client shows progress on `err`.
+struct client_options {
+  bool progress_terminal = false; // err is a terminal: redraw a bar in place
+  size_t width = 80;              // its columns
+};
+
 /// Runs a client command (everything but `serve`) against the daemon and
 /// returns the exit code. `attach` replaces the process with ssh on success
-/// (with --json it prints the plan instead).
+/// (with --json it prints the plan instead). Sync commands show progress on
+/// `err`: a bar when `progress_terminal`, else plain lines unless --json.
+int run_client(const cli_command& cmd, std::ostream& out, std::ostream& err,
+               const client_options& opts);
+
+/// The same with options for the process's own stderr when `err` is
+/// std::cerr (a bar when fd 2 is a terminal), else plain progress.
 int run_client(const cli_command& cmd, std::ostream& out, std::ostream& err);
 
 /// Prints help or a usage error for `args` when that is all there is to do;

@@ -3,10 +3,14 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -46,13 +50,19 @@ caf::expected<sockaddr_un> unix_address(const std::string& path) {
   return addr;
 }
 
-// Queue between subscriber callbacks (engine threads) and the poll loop. It
-// owns the eventfd, and callbacks hold it by shared_ptr, so a callback that
-// races with the daemon's teardown writes to a live object, never a freed one.
+// Queue between other threads (subscriber callbacks on engine threads, long
+// ops on workers) and the poll loop. It owns the eventfd, and callbacks hold
+// it by shared_ptr, so a callback that races with the daemon's teardown
+// writes to a live object, never a freed one.
 struct inbox {
   struct entry {
     uint64_t stream;
     event ev;
+  };
+  struct reply_entry {
+    uint64_t client;
+    std::string op;
+    json reply;
   };
 
   explicit inbox(size_t cap) : cap(cap) {
@@ -71,10 +81,23 @@ struct inbox {
         ++dropped;
         return;
       }
-      was_empty = items.empty();
+      was_empty = items.empty() && replies.empty();
       items.push_back(entry{stream, ev});
     }
     // One wake per batch: the loop drains everything it finds.
+    if (was_empty)
+      wake();
+  }
+
+  // Replies are never dropped (each answers a request the client waits
+  // for) and there are at most as many as jobs admitted, which is bounded.
+  void push_reply(uint64_t client, std::string op, json reply) {
+    bool was_empty;
+    {
+      std::lock_guard<std::mutex> guard{mtx};
+      was_empty = items.empty() && replies.empty();
+      replies.push_back(reply_entry{client, std::move(op), std::move(reply)});
+    }
     if (was_empty)
       wake();
   }
@@ -85,13 +108,14 @@ struct inbox {
     (void) n; // EAGAIN means the counter is already non-zero: awake anyway
   }
 
-  std::vector<entry> take(uint64_t& dropped_out) {
+  std::vector<entry> take(uint64_t& dropped_out, std::vector<reply_entry>& replies_out) {
     uint64_t counter;
     while (::read(wake_fd, &counter, sizeof(counter)) > 0) {
     }
     std::vector<entry> out;
     std::lock_guard<std::mutex> guard{mtx};
     out.swap(items);
+    replies_out.swap(replies);
     dropped_out = dropped;
     dropped = 0;
     return out;
@@ -101,7 +125,111 @@ struct inbox {
   size_t cap;
   std::mutex mtx;
   std::vector<entry> items;
+  std::vector<reply_entry> replies;
   uint64_t dropped = 0;
+};
+
+// A fixed set of worker threads for long ops, with a bounded queue. Threads
+// start on first use (most daemons never sync) and never number more than
+// `threads`. `submit` is called from the poll loop; `close` and `join` from
+// the thread that owns the pool; `running` from any thread.
+class job_pool {
+public:
+  job_pool(size_t threads, size_t max_queued)
+    : threads_(std::max<size_t>(threads, 1)), max_queued_(max_queued) {}
+  ~job_pool() {
+    close();
+    join();
+  }
+
+  job_pool(const job_pool&) = delete;
+  job_pool& operator=(const job_pool&) = delete;
+
+  /// Queues `job`; false when the queue is full or the pool stopped.
+  bool submit(std::function<void()> job) {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (stopping_ || queue_.size() >= max_queued_)
+      return false;
+    queue_.push_back(std::move(job));
+    // Each idle worker takes one job; jobs beyond them need a new worker.
+    if (queue_.size() > idle_ && workers_.size() < threads_) {
+      try {
+        workers_.emplace_back([this] { work(); });
+      } catch (const std::system_error&) {
+        // No thread to be had: the workers there are take the job later;
+        // with none at all, refuse it rather than queue it forever.
+        if (workers_.empty()) {
+          queue_.pop_back();
+          return false;
+        }
+      }
+    }
+    cv_.notify_one();
+    return true;
+  }
+
+  /// Refuses new jobs and drops the queued ones (no worker starts another);
+  /// returns how many were dropped. Running jobs go on until `join`.
+  size_t close() {
+    size_t dropped;
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      stopping_ = true;
+      dropped = queue_.size();
+      queue_.clear();
+    }
+    cv_.notify_all();
+    return dropped;
+  }
+
+  /// Waits for the running jobs and ends the workers. REQUIRES: close().
+  void join() {
+    std::vector<std::thread> workers;
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      workers.swap(workers_);
+    }
+    for (auto& t : workers)
+      t.join();
+  }
+
+  /// Jobs running now.
+  size_t running() {
+    std::lock_guard<std::mutex> guard{mtx_};
+    return running_;
+  }
+
+  size_t capacity() const { return threads_; }
+  size_t max_queued() const { return max_queued_; }
+
+private:
+  void work() {
+    std::unique_lock<std::mutex> lock{mtx_};
+    for (;;) {
+      ++idle_;
+      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      --idle_;
+      if (stopping_)
+        return;
+      auto job = std::move(queue_.front());
+      queue_.pop_front();
+      ++running_;
+      lock.unlock();
+      job(); // jobs catch their own failures (see start_long_op)
+      lock.lock();
+      --running_;
+    }
+  }
+
+  const size_t threads_;
+  const size_t max_queued_;
+  std::mutex mtx_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  std::vector<std::thread> workers_;
+  size_t idle_ = 0;
+  size_t running_ = 0;
+  bool stopping_ = false;
 };
 
 } // namespace
@@ -139,6 +267,7 @@ struct daemon::impl {
     std::string out;
     size_t out_pos = 0;
     std::vector<uint64_t> streams;
+    size_t awaiting = 0; // long ops whose replies have not come back yet
 
     size_t pending_out() const { return out.size() - out_pos; }
   };
@@ -147,12 +276,14 @@ struct daemon::impl {
     : eng(e),
       path(std::move(path)),
       opts(std::move(opts)),
-      box(std::make_shared<inbox>(this->opts.max_queued_events)) {}
+      box(std::make_shared<inbox>(this->opts.max_queued_events)),
+      pool(this->opts.worker_threads, this->opts.max_queued_jobs) {}
 
   engine& eng;
   std::string path;
   daemon_options opts;
   std::shared_ptr<inbox> box;
+  job_pool pool;
   std::atomic<bool> stopping{false};
   int listen_fd = -1;
   dev_t sock_dev = 0;
@@ -420,7 +551,8 @@ struct daemon::impl {
 
   void deliver_inbox() {
     uint64_t dropped = 0;
-    auto items = box->take(dropped);
+    std::vector<inbox::reply_entry> replies;
+    auto items = box->take(dropped, replies);
     if (dropped > 0)
       log("dropped " + std::to_string(dropped)
           + " events: streaming clients fell behind");
@@ -429,6 +561,48 @@ struct daemon::impl {
       if (i != streams.end())
         on_event(i->second, item.ev);
     }
+    // Client ids are never reused, so a reply finds its own client or none.
+    for (auto& r : replies) {
+      auto ci = clients.find(r.client);
+      if (ci == clients.end()) {
+        log("a client left before its " + r.op + " reply; the reply was dropped");
+        continue;
+      }
+      if (ci->second.awaiting > 0)
+        --ci->second.awaiting;
+      send(ci->second, r.reply);
+    }
+  }
+
+  // -- long ops ---------------------------------------------------------------
+
+  void start_long_op(uint64_t client_id, client& c, const request& req) {
+    // Bad arguments are answered at once, even when every worker is busy.
+    if (auto err = check_long_op_args(req))
+      return send(c, make_error_reply(req.id, err));
+    auto box_ref = box;
+    auto* e = &eng;
+    auto job = [box_ref, e, client_id, req] {
+      json reply;
+      // handle_request turns std::exceptions into replies; anything else
+      // must not end the worker either, and the client still gets an answer.
+      try {
+        reply = handle_request(*e, req);
+      } catch (...) {
+        reply = make_error_reply(req.id,
+                                 make_error(errc::internal, req.op + ": unexpected failure"));
+      }
+      box_ref->push_reply(client_id, req.op, std::move(reply));
+    };
+    if (!pool.submit(std::move(job)))
+      return send(c, make_error_reply(
+                       req.id, make_error(errc::resource_exhausted,
+                                          req.op + ": the daemon already runs "
+                                            + std::to_string(pool.capacity())
+                                            + " long ops and has "
+                                            + std::to_string(pool.max_queued())
+                                            + " waiting; try again later")));
+    ++c.awaiting;
   }
 
   // -- requests -------------------------------------------------------------
@@ -442,6 +616,8 @@ struct daemon::impl {
     auto req = parse_request_line(line, &id);
     if (!req)
       return send(c, make_error_reply(id, req.error()));
+    if (is_long_op(req->op))
+      return start_long_op(client_id, c, *req);
     auto follow = req->args.find("follow");
     if (follow && follow->is_bool() && follow->as_bool()) {
       if (req->op == "logs")
@@ -564,7 +740,8 @@ struct daemon::impl {
     for (auto& [id, c] : clients) {
       // A client that closed its sending side still gets its answers and
       // its streams; once those are out there is nothing left to do.
-      bool finished = c.read_closed && c.streams.empty() && c.pending_out() == 0;
+      bool finished = c.read_closed && c.streams.empty() && c.awaiting == 0
+                      && c.pending_out() == 0;
       if (c.dead || finished)
         gone.push_back(id);
     }
@@ -581,6 +758,16 @@ struct daemon::impl {
     for (auto& [key, s] : streams)
       end_stream(s);
     streams.clear();
+    // Queued syncs have not started: drop them. A running one may be writing
+    // into a worktree: let it finish rather than pull the engine away under
+    // it.
+    if (auto dropped = pool.close())
+      log("dropped " + std::to_string(dropped) + " queued sync"
+          + (dropped == 1 ? "" : "s") + " (not started)");
+    if (auto running = pool.running())
+      log("waiting for " + std::to_string(running) + " running sync"
+          + (running == 1 ? "" : "s") + " to finish");
+    pool.join();
     if (listen_fd >= 0) {
       ::close(listen_fd);
       listen_fd = -1;

@@ -9,13 +9,25 @@
 // the engine; subscriber callbacks arrive on engine threads, so they only
 // queue the event under a mutex and wake the loop through an eventfd.
 //
+// Long ops (`sync_up`, `sync_down`; see `is_long_op`) would stall every
+// client for seconds or minutes, so their arguments are checked on the loop
+// and the engine call runs on a small fixed pool of worker threads with a
+// bounded queue (a full queue is refused with `resource_exhausted`). The
+// worker posts the reply to the same eventfd-woken queue the subscribers
+// use, and the loop sends it to the client if that client is still
+// connected; a client that left gets nothing, and the sync itself runs to
+// its end (the engine has no cancel). `run()` returns only after the syncs
+// that are running have ended: the engine may be writing into a worktree.
+// Jobs still queued at shutdown are dropped unanswered.
+//
 // The socket file is created 0600 (the umask is narrowed around bind, then
 // the file is chmod-ed before listen), and only peers of the same user (or
 // root) are served.
 //
 // Concurrency contract: `listen`, `run` and the destructor are called from
 // one thread; `stop` from any thread and from a signal handler. The engine
-// must outlive the daemon.
+// must outlive the daemon (its worker threads are joined before `run()` or
+// the destructor returns).
 #pragma once
 
 #include <cstddef>
@@ -40,6 +52,12 @@ struct daemon_options {
   /// events are dropped (a `logs` stream refills what it missed from the
   /// log file).
   size_t max_queued_events = 65536;
+  /// Worker threads for long ops (syncs); the most that run at once. Started
+  /// on first use.
+  size_t worker_threads = 2;
+  /// Long ops waiting for a worker; one more is refused with
+  /// `resource_exhausted`.
+  size_t max_queued_jobs = 64;
   /// Where the daemon reports what a person running it may want to know
   /// (stale socket replaced, client dropped). Never carries secrets.
   std::function<void(const std::string&)> log;

@@ -60,6 +60,66 @@ bool has_control_chars(const std::string& s, bool allow_whitespace) {
   return false;
 }
 
+bool is_valid_utf8(std::string_view s);
+
+// The first rule of `git check-ref-format --branch` that `name` breaks, as
+// the end of a sentence about it ("must not ..."), or "" when it breaks none.
+// "@" passes git's check but names HEAD in every git command, so it is
+// refused too.
+std::string broken_branch_rule(const std::string& name) {
+  constexpr size_t max_branch_chars = 255;
+  if (name.empty())
+    return "must not be empty";
+  if (name.size() > max_branch_chars)
+    return "must be at most " + std::to_string(max_branch_chars) + " bytes, got "
+           + std::to_string(name.size());
+  if (name.front() == '-')
+    return "must not start with '-' (git would take it for an option)";
+  for (unsigned char c : name)
+    if (c < 0x20 || c == 0x7f)
+      return "must not contain control characters";
+  if (name.find(' ') != std::string::npos)
+    return "must not contain spaces";
+  if (!is_valid_utf8(name))
+    return "must be valid UTF-8";
+  for (char c : std::string_view{"~^:?*[\\"})
+    if (name.find(c) != std::string::npos)
+      return std::string{"must not contain '"} + c + "' (git refuses ~ ^ : ? * [ \\)";
+  if (name.find("..") != std::string::npos)
+    return "must not contain \"..\"";
+  if (name.find("@{") != std::string::npos)
+    return "must not contain \"@{\"";
+  if (name == "@")
+    return "must not be \"@\" (git reads it as HEAD)";
+  if (name == "HEAD")
+    return "must not be \"HEAD\"";
+  if (name.front() == '/')
+    return "must not start with '/'";
+  if (name.back() == '/')
+    return "must not end with '/'";
+  if (name.find("//") != std::string::npos)
+    return "must not contain \"//\"";
+  if (name.back() == '.')
+    return "must not end with '.'";
+  // Per component (between slashes): git refuses ".hidden" and "x.lock".
+  size_t start = 0;
+  for (;;) {
+    auto slash = name.find('/', start);
+    auto part = std::string_view{name}.substr(
+      start, slash == std::string::npos ? std::string::npos : slash - start);
+    if (!part.empty() && part.front() == '.')
+      return "must not have a part that starts with '.'";
+    constexpr std::string_view lock = ".lock";
+    if (part.size() >= lock.size() && part.substr(part.size() - lock.size()) == lock)
+      return slash == std::string::npos ? "must not end with \".lock\""
+                                        : "must not have a part that ends with \".lock\"";
+    if (slash == std::string::npos)
+      break;
+    start = slash + 1;
+  }
+  return {};
+}
+
 // Reads the members of `args` one by one, keeping the first error, and at the
 // end refuses members nobody asked for (a misspelt option must not be
 // silently ignored).
@@ -344,17 +404,46 @@ op_result op_events(engine& e, const json& args) {
   return json::object().set("events", std::move(out));
 }
 
+op_result op_sync_up(engine& e, const json& args) {
+  auto id = read_sync_up_args(args);
+  if (!id)
+    return id.error();
+  auto res = e.sync_up(*id);
+  if (!res)
+    return res.error();
+  auto j = to_json(*res);
+  j.set("id", *id);
+  return j;
+}
+
+op_result op_sync_down(engine& e, const json& args) {
+  auto req = read_sync_down_args(args);
+  if (!req)
+    return req.error();
+  auto res = e.sync_down(*req);
+  if (!res)
+    return res.error();
+  auto j = to_json(*res);
+  j.set("id", req->id);
+  j.set("mode", to_string(req->mode));
+  return j;
+}
+
 struct op_entry {
   const char* name;
   op_fn fn;
+  bool long_running; // run off the daemon's poll loop
 };
 
 constexpr op_entry ops[] = {
-  {"hello", op_hello},       {"version", op_hello},   {"launch", op_launch},
-  {"list", op_list},         {"show", op_show},       {"stop", op_stop},
-  {"destroy", op_destroy},   {"extend", op_extend},   {"attach", op_attach},
-  {"activity", op_activity}, {"log_path", op_log_path}, {"logs", op_logs},
-  {"events", op_events},
+  {"hello", op_hello, false},         {"version", op_hello, false},
+  {"launch", op_launch, false},       {"list", op_list, false},
+  {"show", op_show, false},           {"stop", op_stop, false},
+  {"destroy", op_destroy, false},     {"extend", op_extend, false},
+  {"attach", op_attach, false},       {"activity", op_activity, false},
+  {"log_path", op_log_path, false},   {"logs", op_logs, false},
+  {"events", op_events, false},       {"sync_up", op_sync_up, true},
+  {"sync_down", op_sync_down, true},
 };
 
 op_result op_hello(engine& e, const json& args) {
@@ -614,6 +703,88 @@ bool event_matches(const events_args& a, const event& ev) {
   return a.session.empty() || ev.session == a.session;
 }
 
+// -- long ops -------------------------------------------------------------------
+
+bool is_long_op(std::string_view op) {
+  for (auto& entry : ops)
+    if (op == entry.name)
+      return entry.long_running;
+  return false;
+}
+
+caf::error check_long_op_args(const request& req) {
+  if (req.op == "sync_up") {
+    auto id = read_sync_up_args(req.args);
+    return id ? caf::error{} : id.error();
+  }
+  if (req.op == "sync_down") {
+    auto r = read_sync_down_args(req.args);
+    return r ? caf::error{} : r.error();
+  }
+  return make_error(errc::unimplemented, rendering(json{req.op}) + " is not a long op");
+}
+
+caf::expected<std::string> read_sync_up_args(const json& args) {
+  arg_reader r{args, "sync_up"};
+  auto id = r.session_id();
+  if (auto err = r.finish())
+    return err;
+  return id;
+}
+
+caf::expected<sync_down_request> read_sync_down_args(const json& args) {
+  arg_reader r{args, "sync_down"};
+  sync_down_request req;
+  req.id = r.session_id();
+  auto mode = r.member("mode");
+  if (mode) {
+    std::string m = mode->is_string() ? mode->as_string() : std::string{};
+    if (m == "apply")
+      req.mode = sync_down_mode::apply;
+    else if (m == "branch")
+      req.mode = sync_down_mode::branch;
+    else if (m == "dry_run")
+      req.mode = sync_down_mode::dry_run;
+    else
+      r.fail("mode", "expected \"apply\", \"branch\" or \"dry_run\", got "
+                       + rendering(*mode));
+  }
+  auto branch = r.member("branch");
+  if (req.mode == sync_down_mode::branch && !branch) {
+    r.fail("branch", "is required with mode \"branch\" (the new branch's name)");
+  } else if (branch && req.mode != sync_down_mode::branch) {
+    r.fail("branch", "is taken only with mode \"branch\"");
+  } else if (branch && !branch->is_string()) {
+    r.fail("branch", "expected a branch name (a string), got " + rendering(*branch));
+  } else if (branch) {
+    auto rule = broken_branch_rule(branch->as_string());
+    if (!rule.empty())
+      r.fail("branch", rule + ", got " + rendering(*branch));
+    else
+      req.branch = branch->as_string();
+  }
+  if (auto err = r.finish())
+    return err;
+  return req;
+}
+
+caf::error check_branch_name(const std::string& name) {
+  auto rule = broken_branch_rule(name);
+  if (rule.empty())
+    return {};
+  return make_error(errc::invalid_argument, "the branch name " + rendering(json{name}) + " "
+                                              + rule);
+}
+
+const char* to_string(sync_down_mode m) {
+  switch (m) {
+    case sync_down_mode::apply: return "apply";
+    case sync_down_mode::branch: return "branch";
+    case sync_down_mode::dry_run: return "dry_run";
+  }
+  return "apply";
+}
+
 caf::expected<log_chunk> read_log_chunk(const std::string& path, uint64_t offset,
                                         size_t max_bytes) {
   log_chunk c;
@@ -684,6 +855,29 @@ json to_json(const session_view& v) {
   j.set("session", to_json(v.record));
   j.set("next_timer", v.next_timer);
   j.set("next_timer_at", v.next_timer_at);
+  return j;
+}
+
+json to_json(const sync_result& r) {
+  auto strings = [](const std::vector<std::string>& v) {
+    auto a = json::array();
+    for (auto& s : v)
+      a.push_back(s);
+    return a;
+  };
+  auto j = json::object();
+  j.set("direction", r.direction);
+  j.set("commit", r.commit);
+  j.set("base", r.base);
+  j.set("ref", r.ref);
+  j.set("bytes", static_cast<long long>(r.bytes));
+  j.set("files", static_cast<long long>(r.files));
+  j.set("changed", strings(r.changed));
+  j.set("conflicts", strings(r.conflicts));
+  j.set("notes", strings(r.notes));
+  j.set("saved_ref", r.saved_ref);
+  j.set("branch", r.branch);
+  j.set("diffstat", r.diffstat);
   return j;
 }
 

@@ -7,8 +7,11 @@
 //   {"id":N,"ok":false,"error":{"code":"not_found","message":"..."}}
 // where `code` is the name of an `errc`. Streaming ops (`logs` and `events`
 // with `follow`) first send items {"id":N,"ok":true,"more":true,"result":...}
-// and end, if they end, with an ordinary reply. docs/protocol.md is the
-// reference; `protocol_version` is the number written there.
+// and end, if they end, with an ordinary reply. Long ops (`sync_up`,
+// `sync_down`: seconds to minutes) answer like plain ones, but the daemon
+// runs them off its poll loop, so their reply may come after replies to
+// later requests. docs/protocol.md is the reference; `protocol_version` is
+// the number written there.
 //
 // Everything that arrives here is untrusted (it comes from a socket or from a
 // foreign caller through the C ABI): every field is checked for presence,
@@ -35,7 +38,9 @@ namespace aloft {
 
 /// The protocol's version. Bumped on any change a client could notice;
 /// additions of ops or optional fields bump it too, so a client can ask.
-constexpr int protocol_version = 1;
+//   1: the first version.
+//   2: adds `sync_up` and `sync_down` (long ops) and `sync` events.
+constexpr int protocol_version = 2;
 
 /// The longest request line the daemon accepts (without its newline).
 constexpr size_t max_request_bytes = size_t{1} << 20;
@@ -112,6 +117,39 @@ caf::expected<events_args> read_events_args(const json& args);
 /// Whether `ev` passes the filter of an `events` request.
 bool event_matches(const events_args& a, const event& ev);
 
+// -- long ops -----------------------------------------------------------------
+
+/// Whether `op` may run for seconds or minutes (`sync_up`, `sync_down`). The
+/// daemon runs these on its worker pool, never on its poll loop; through
+/// `handle_request` (the C ABI) they block the caller for as long as they run.
+bool is_long_op(std::string_view op);
+
+/// Checks the arguments of a long op without calling the engine, so a bad
+/// request is refused at once even when every worker is busy. Errors:
+/// invalid_argument naming the field; unimplemented for an op that is not
+/// long.
+caf::error check_long_op_args(const request& req);
+
+/// `sync_up` args: `id`. Returns the session id.
+caf::expected<std::string> read_sync_up_args(const json& args);
+
+/// `sync_down` args: `id`, `mode` ("apply" (default), "branch", "dry_run"),
+/// `branch` (required for mode branch, refused otherwise; checked with
+/// `check_branch_name`).
+caf::expected<sync_down_request> read_sync_down_args(const json& args);
+
+/// Whether git would accept `name` as a new branch's name (the rules of
+/// `git check-ref-format --branch`): not empty, at most 255 bytes of UTF-8,
+/// no leading '-' or '/', no trailing '/' or '.', no "..", "//" or "@{", no
+/// space, control character or any of ~ ^ : ? * [ \, no component that
+/// starts with '.' or ends with ".lock", not "HEAD", and not "@" (which git
+/// reads as HEAD). Errors: invalid_argument whose message names the broken
+/// rule.
+caf::error check_branch_name(const std::string& name);
+
+/// The protocol's name of a sync_down mode ("apply", "branch", "dry_run").
+const char* to_string(sync_down_mode m);
+
 /// A piece of an agent's log file.
 struct log_chunk {
   std::string data;
@@ -134,5 +172,9 @@ json to_json(const log_chunk& c);
 
 json to_json(const session_view& v);
 json to_json(const attach_info& a);
+/// {"direction", "commit", "base", "ref", "bytes", "files", "changed",
+///  "conflicts", "notes", "saved_ref", "branch", "diffstat"}; the ops add
+/// "id" (and `sync_down` "mode").
+json to_json(const sync_result& r);
 
 } // namespace aloft

@@ -85,6 +85,52 @@ TEST(cli_parse, every_command_with_its_arguments) {
   EXPECT_EQ(s->name, "serve");
 }
 
+TEST(cli_parse, sync_commands_and_their_modes) {
+  auto id = std::string{"s-0123456789ab"};
+  auto up = parse({"sync-up", id});
+  ASSERT_TRUE(up);
+  EXPECT_EQ(up->name, "sync-up");
+  EXPECT_EQ(up->id, id);
+  auto down = parse({"sync-down", id});
+  ASSERT_TRUE(down);
+  EXPECT_EQ(down->sync_mode, "apply"); // the default
+  EXPECT_EQ(parse({"sync-down", id, "--apply"})->sync_mode, "apply");
+  EXPECT_EQ(parse({"sync-down", id, "--dry-run"})->sync_mode, "dry_run");
+  auto branch = parse({"sync-down", "--branch", "agent/fix-1", id, "--json"});
+  ASSERT_TRUE(branch) << message_of(branch.error());
+  EXPECT_EQ(branch->sync_mode, "branch");
+  EXPECT_EQ(branch->branch, "agent/fix-1");
+  EXPECT_TRUE(branch->json);
+  EXPECT_EQ(parse({"sync-down", id, "--branch=topic"})->branch, "topic");
+  // Saying the same mode twice is harmless.
+  EXPECT_TRUE(parse({"sync-down", id, "--dry-run", "--dry-run"}));
+}
+
+TEST(cli_parse, sync_usage_errors) {
+  auto id = std::string{"s-0123456789ab"};
+  EXPECT_NE(parse_error({"sync-up"}).find("sync-up needs ID"), std::string::npos);
+  EXPECT_NE(parse_error({"sync-down"}).find("sync-down needs ID"), std::string::npos);
+  EXPECT_NE(parse_error({"sync-up", "nope"}).find("is not a session id"), std::string::npos);
+  EXPECT_NE(parse_error({"sync-up", id, "--dry-run"}).find("unknown option --dry-run"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"sync-down", id, "--apply", "--dry-run"})
+              .find("--apply and --dry-run exclude each other"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"sync-down", id, "--branch", "x", "--apply"}).find("exclude each other"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"sync-down", id, "--branch"}).find("--branch needs a value"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"sync-down", id, "--branch", "a..b"})
+              .find("--branch: the branch name \"a..b\" must not contain \"..\""),
+            std::string::npos);
+  EXPECT_NE(parse_error({"sync-down", id, "--branch=-x"}).find("must not start with '-'"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"sync-down", id, "--branch", "x.lock"}).find(".lock"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"sync-down", id, "extra"}).find("unexpected argument 'extra'"),
+            std::string::npos);
+}
+
 TEST(cli_parse, help_forms) {
   EXPECT_TRUE(parse({"--help"})->help);
   EXPECT_TRUE(parse({"-h"})->help);
@@ -179,7 +225,7 @@ TEST(cli_exit_codes, follow_the_documented_table) {
 TEST(cli_format, help_lists_every_command_and_each_has_its_own) {
   auto help = usage_text();
   for (auto name : {"serve", "launch", "ls", "show", "logs", "attach", "extend", "stop",
-                    "destroy", "events"}) {
+                    "destroy", "events", "sync-up", "sync-down"}) {
     EXPECT_NE(help.find(std::string{"  "} + name + " "), std::string::npos) << name;
     auto own = command_help(name);
     EXPECT_NE(own.find(std::string{"Usage: aloft "} + name), std::string::npos) << name;
@@ -187,6 +233,15 @@ TEST(cli_format, help_lists_every_command_and_each_has_its_own) {
   }
   EXPECT_NE(command_help("launch").find("--idle-timeout S"), std::string::npos);
   EXPECT_EQ(command_help("nope"), "");
+  auto down = command_help("sync-down");
+  EXPECT_NE(down.find("Usage: aloft sync-down ID [--apply | --branch NAME | --dry-run]"),
+            std::string::npos)
+    << down;
+  EXPECT_NE(down.find("exits 0"), std::string::npos);
+  EXPECT_NE(down.find("git show REF:PATH"), std::string::npos);
+  EXPECT_NE(command_help("sync-up").find("Usage: aloft sync-up ID"), std::string::npos);
+  EXPECT_NE(help.find("  sync-down  bring the agent's changes home"), std::string::npos)
+    << help;
 }
 
 // -- requests and output ----------------------------------------------------------
@@ -211,6 +266,17 @@ TEST(cli_requests, each_command_sends_its_op) {
   EXPECT_EQ(ev.find("args")->get_int("n"), 20);
   EXPECT_EQ(request_for(*parse({"destroy", "s-0123456789ab"}), 1).get_string("op"),
             "destroy");
+  auto up = request_for(*parse({"sync-up", "s-0123456789ab"}), 4);
+  EXPECT_EQ(up.dump(), R"({"id":4,"op":"sync_up","args":{"id":"s-0123456789ab"}})");
+  auto down = request_for(*parse({"sync-down", "s-0123456789ab"}), 5);
+  EXPECT_EQ(down.dump(),
+            R"({"id":5,"op":"sync_down","args":{"id":"s-0123456789ab","mode":"apply"}})");
+  auto branch = request_for(*parse({"sync-down", "s-0123456789ab", "--branch", "b1"}), 6);
+  EXPECT_EQ(branch.find("args")->get_string("mode"), "branch");
+  EXPECT_EQ(branch.find("args")->get_string("branch"), "b1");
+  auto dry = request_for(*parse({"sync-down", "s-0123456789ab", "--dry-run"}), 7);
+  EXPECT_EQ(dry.find("args")->get_string("mode"), "dry_run");
+  EXPECT_EQ(dry.find("args")->find("branch"), nullptr);
 }
 
 json record(const std::string& id, const std::string& state, int64_t now) {
@@ -275,6 +341,231 @@ TEST(cli_format, show_names_the_next_timer_and_the_last_activity) {
   EXPECT_NE(text.find("output, 2027-01-15 07:59:30Z (30s ago)"), std::string::npos) << text;
   EXPECT_NE(text.find("auto-destroy:"), std::string::npos);
   EXPECT_NE(text.find("hard deadline:"), std::string::npos);
+}
+
+TEST(cli_format, show_reports_the_sync_state) {
+  int64_t now = 1'800'000'000'000;
+  auto rec = record("s-aaaaaaaaaaaa", "running", now);
+  auto never = format_show(json::object().set("session", rec), now);
+  EXPECT_NE(never.find("synced up:      never\n"), std::string::npos) << never;
+  EXPECT_NE(never.find("synced down:    never\n"), std::string::npos) << never;
+  EXPECT_EQ(never.find("safety ref"), std::string::npos);
+  rec.set("synced_up", "0123456789abcdef0123456789abcdef01234567");
+  rec.set("synced_down", "fedcba9876543210fedcba9876543210fedcba98");
+  rec.set("safety_ref", "refs/aloft/safety/s-aaaaaaaaaaaa");
+  auto text = format_show(json::object().set("session", rec), now);
+  EXPECT_NE(text.find("synced up:      0123456789ab\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("synced down:    fedcba987654\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("safety ref:     refs/aloft/safety/s-aaaaaaaaaaaa\n"), std::string::npos)
+    << text;
+}
+
+TEST(cli_format, bytes) {
+  EXPECT_EQ(format_bytes(0), "0 bytes");
+  EXPECT_EQ(format_bytes(1), "1 byte");
+  EXPECT_EQ(format_bytes(1023), "1023 bytes");
+  EXPECT_EQ(format_bytes(1024), "1.0 KiB");
+  EXPECT_EQ(format_bytes(3'355'443), "3.2 MiB");
+  EXPECT_EQ(format_bytes(18'245'222), "17.4 MiB");
+  EXPECT_EQ(format_bytes(uint64_t{5} << 30), "5.0 GiB");
+}
+
+json strings(std::vector<std::string> v) {
+  auto a = json::array();
+  for (auto& s : v)
+    a.push_back(s);
+  return a;
+}
+
+json sync_up_result() {
+  return json::object()
+    .set("direction", "up")
+    .set("commit", "0123456789abcdef0123456789abcdef01234567")
+    .set("bytes", 1234)
+    .set("files", 3)
+    .set("notes", strings({"submodule vendor/lib is not synced"}));
+}
+
+TEST(cli_format, sync_up_result) {
+  EXPECT_EQ(format_sync_up(sync_up_result()),
+            "synced up 0123456789ab: 3 files, 1.2 KiB\n"
+            "note: submodule vendor/lib is not synced\n");
+  auto one = json::object().set("commit", "abc").set("files", 1).set("bytes", 10);
+  EXPECT_EQ(format_sync_up(one), "synced up abc: 1 file, 10 bytes\n");
+}
+
+json sync_down_result(const std::string& mode) {
+  auto changed = json::array();
+  changed.push_back("src/main.c");
+  changed.push_back("docs/new file.md");
+  return json::object()
+    .set("direction", "down")
+    .set("commit", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb")
+    .set("base", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+    .set("ref", "refs/aloft/sessions/s-aaaaaaaaaaaa/down")
+    .set("changed", changed)
+    .set("conflicts", json::array())
+    .set("diffstat", " src/main.c      | 2 +-\n docs/new file.md | 1 +\n 2 files changed\n")
+    .set("mode", mode);
+}
+
+TEST(cli_format, sync_down_apply_lists_changes_and_conflicts) {
+  auto r = sync_down_result("apply");
+  auto conflicts = json::array();
+  conflicts.push_back("src/app.c");
+  conflicts.push_back("it's.txt");
+  r.set("conflicts", conflicts);
+  r.set("saved_ref", "refs/aloft/sessions/s-aaaaaaaaaaaa/local-1");
+  EXPECT_EQ(format_sync_down(r),
+            "synced down bbbbbbbbbbbb (base aaaaaaaaaaaa): 2 files changed\n"
+            " src/main.c      | 2 +-\n"
+            " docs/new file.md | 1 +\n"
+            " 2 files changed\n"
+            "changed:\n"
+            "  src/main.c\n"
+            "  docs/new file.md\n"
+            "conflict: src/app.c was left as it was locally; the agent's version: "
+            "git show refs/aloft/sessions/s-aaaaaaaaaaaa/down:src/app.c\n"
+            "conflict: it's.txt was left as it was locally; the agent's version: "
+            "git show 'refs/aloft/sessions/s-aaaaaaaaaaaa/down:it'\\''s.txt'\n"
+            "your local state before the sync is saved as "
+            "refs/aloft/sessions/s-aaaaaaaaaaaa/local-1\n"
+            "2 conflicts: the local files were left as they were; merge the agent's "
+            "versions by hand\n");
+}
+
+TEST(cli_format, sync_down_branch_dry_run_and_nothing) {
+  auto branch = sync_down_result("branch").set("branch", "agent/fix");
+  auto text = format_sync_down(branch);
+  EXPECT_EQ(text.rfind("created branch agent/fix at bbbbbbbbbbbb (base aaaaaaaaaaaa) with the "
+                       "agent's changes; your worktree was not touched\n",
+                       0),
+            0u)
+    << text;
+  EXPECT_NE(text.find("changes:\n  src/main.c\n"), std::string::npos);
+  EXPECT_EQ(text.find("conflict"), std::string::npos);
+  auto dry = format_sync_down(sync_down_result("dry_run"));
+  EXPECT_EQ(dry.rfind("dry run: nothing was written; the agent's snapshot bbbbbbbbbbbb (base "
+                      "aaaaaaaaaaaa) would change 2 files\n",
+                      0),
+            0u)
+    << dry;
+  EXPECT_NE(dry.find("would change:\n  src/main.c\n"), std::string::npos);
+  auto none = sync_down_result("apply")
+                .set("changed", json::array())
+                .set("diffstat", "");
+  EXPECT_EQ(format_sync_down(none),
+            "synced down bbbbbbbbbbbb (base aaaaaaaaaaaa): 0 files changed\n"
+            "no changes from the agent\n");
+}
+
+TEST(cli_format, sync_down_output_is_defanged) {
+  auto r = sync_down_result("apply");
+  r.set("changed", strings({"evil\x1b[2Jname"}));
+  r.set("conflicts", strings({"x\ny"}));
+  auto text = format_sync_down(r);
+  EXPECT_EQ(text.find('\x1b'), std::string::npos) << text;
+  EXPECT_NE(text.find("evil\\x1b[2Jname"), std::string::npos) << text;
+  EXPECT_NE(text.find("conflict: x\\x0ay was left"), std::string::npos) << text;
+}
+
+// -- sync progress --------------------------------------------------------------------
+
+json sync_event(const std::string& direction, const std::string& phase, uint64_t done,
+                uint64_t total) {
+  return json::object()
+    .set("seq", 1)
+    .set("session", "s-aaaaaaaaaaaa")
+    .set("kind", "sync")
+    .set("data", json::object()
+                   .set("direction", direction)
+                   .set("phase", phase)
+                   .set("done", static_cast<long long>(done))
+                   .set("total", static_cast<long long>(total))
+                   .dump())
+    .set("message", direction + ": " + phase);
+}
+
+sync_progress progress(const std::string& direction, const std::string& phase, uint64_t done,
+                       uint64_t total) {
+  sync_progress p;
+  EXPECT_TRUE(read_sync_progress(sync_event(direction, phase, done, total), p));
+  return p;
+}
+
+TEST(cli_progress, reads_sync_events_only) {
+  auto p = progress("up", "send", 3'355'443, 18'245'222);
+  EXPECT_EQ(p.direction, "up");
+  EXPECT_EQ(p.phase, "send");
+  EXPECT_EQ(p.done, 3'355'443u);
+  EXPECT_EQ(p.total, 18'245'222u);
+  EXPECT_EQ(p.message, "up: send");
+  sync_progress q;
+  EXPECT_FALSE(read_sync_progress(json::object().set("kind", "state"), q));
+  // Unreadable data still counts as progress; its message is what shows.
+  auto odd = json::object().set("kind", "sync").set("data", "{oops").set("message", "up: busy");
+  ASSERT_TRUE(read_sync_progress(odd, q));
+  EXPECT_EQ(q.phase, "");
+  EXPECT_EQ(progress_line(q, 80, true), "up: busy");
+  auto negative = sync_event("up", "send", 0, 0);
+  negative.set("data", R"({"direction":"up","phase":"send","done":-5,"total":-1})");
+  ASSERT_TRUE(read_sync_progress(negative, q));
+  EXPECT_EQ(q.done, 0u);
+  EXPECT_EQ(q.total, 0u);
+}
+
+TEST(cli_progress, lines_for_a_terminal_and_for_a_log) {
+  auto p = progress("up", "send", 3'355'443, 18'245'222);
+  EXPECT_EQ(progress_line(p, 80, true),
+            "up: send [=====>                        ] 3.2 MiB / 17.4 MiB   18%");
+  EXPECT_EQ(progress_line(p, 80, false), "up: send 3.2 MiB of 17.4 MiB (18%)");
+  auto full = progress("down", "receive", 4096, 4096);
+  EXPECT_EQ(progress_line(full, 80, true),
+            "down: receive [==============================] 4.0 KiB / 4.0 KiB  100%");
+  // Unknown total: no bar and no percentage, only what is known.
+  EXPECT_EQ(progress_line(progress("up", "snapshot", 0, 0), 80, true), "up: snapshot");
+  EXPECT_EQ(progress_line(progress("up", "snapshot", 2048, 0), 80, true),
+            "up: snapshot 2.0 KiB");
+  // A narrow terminal gets a shorter bar, then none, and never a wrapped line.
+  auto narrow = progress_line(p, 50, true);
+  EXPECT_LE(narrow.size(), 49u);
+  EXPECT_NE(narrow.find("] 3.2 MiB / 17.4 MiB   18%"), std::string::npos) << narrow;
+  EXPECT_EQ(progress_line(p, 40, true), "up: send 3.2 MiB / 17.4 MiB   18%");
+  EXPECT_EQ(progress_line(p, 20, true).size(), 19u);
+  // Words from the daemon cannot move the cursor.
+  auto evil = progress("up\x1b[2J", "send", 1, 2);
+  EXPECT_EQ(progress_line(evil, 80, false).find('\x1b'), std::string::npos);
+}
+
+TEST(cli_progress, a_terminal_redraws_one_line_in_place) {
+  progress_view view{true, 80};
+  EXPECT_EQ(view.finish(), ""); // nothing drawn, nothing to clear
+  EXPECT_EQ(view.update(progress("up", "snapshot", 0, 0)), "\rup: snapshot\x1b[K");
+  auto send = view.update(progress("up", "send", 1024, 4096));
+  EXPECT_EQ(send.rfind("\rup: send [", 0), 0u) << send;
+  EXPECT_EQ(send.substr(send.size() - 3), "\x1b[K");
+  EXPECT_EQ(send.find('\n'), std::string::npos);
+  // The same text again is not redrawn.
+  EXPECT_EQ(view.update(progress("up", "send", 1024, 4096)), "");
+  EXPECT_NE(view.update(progress("up", "send", 2048, 4096)), "");
+  EXPECT_EQ(view.finish(), "\r\x1b[K");
+  EXPECT_EQ(view.finish(), "");
+}
+
+TEST(cli_progress, plain_output_is_one_line_per_phase) {
+  progress_view view{false};
+  std::string out;
+  out += view.update(progress("up", "snapshot", 0, 0));
+  out += view.update(progress("up", "send", 1024, 4096));
+  out += view.update(progress("up", "send", 2048, 4096));
+  out += view.update(progress("up", "send", 4096, 4096));
+  out += view.update(progress("up", "done", 4096, 4096));
+  out += view.finish();
+  EXPECT_EQ(out,
+            "up: snapshot\n"
+            "up: send 1.0 KiB of 4.0 KiB (25%)\n"
+            "up: done 4.0 KiB of 4.0 KiB (100%)\n");
+  EXPECT_EQ(out.find('\r'), std::string::npos);
 }
 
 TEST(cli_format, terminal_output_is_defanged) {
@@ -360,14 +651,14 @@ protected:
     std::string err;
   };
 
-  outcome run(std::vector<std::string> args) {
+  outcome run(std::vector<std::string> args, client_options opts = {}) {
     args.push_back("--home");
     args.push_back(dir.path());
     auto parsed = parse_cli(args);
     std::ostringstream out, err;
     int rc = handle_help_and_usage(parsed, out, err);
     if (rc < 0)
-      rc = run_client(*parsed, out, err);
+      rc = run_client(*parsed, out, err, opts);
     return {rc, out.str(), err.str()};
   }
 };
@@ -468,6 +759,88 @@ TEST_F(cli_run_test, events_and_extend_and_stop) {
   EXPECT_EQ(ext.code, 0) << ext.err;
   EXPECT_NE(ext.out.find("hard deadline is now"), std::string::npos);
   EXPECT_EQ(run({"stop", id}).code, 0);
+}
+
+TEST_F(cli_run_test, sync_up_prints_progress_lines_and_the_result) {
+  auto id = eng.add_session(session_state::running);
+  auto r = run({"sync-up", id});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "synced up aaaaaaaaaaaa: 3 files, 1.2 KiB\n");
+  EXPECT_EQ(r.err,
+            "up: snapshot\n"
+            "up: send 2.0 KiB of 4.0 KiB (50%)\n"
+            "up: done 4.0 KiB of 4.0 KiB (100%)\n");
+}
+
+TEST_F(cli_run_test, sync_progress_on_a_terminal_is_a_bar_cleared_at_the_end) {
+  auto id = eng.add_session(session_state::running);
+  client_options opts;
+  opts.progress_terminal = true;
+  opts.width = 100;
+  auto r = run({"sync-down", id}, opts);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err.find('\n'), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("\rdown: receive [===============>"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("\rdown: done"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.substr(r.err.size() - 4), "\r\x1b[K"); // the bar is gone
+  EXPECT_EQ(r.out.rfind("synced down bbbbbbbbbbbb", 0), 0u) << r.out;
+}
+
+TEST_F(cli_run_test, sync_json_prints_only_the_result) {
+  auto id = eng.add_session(session_state::running);
+  auto r = run({"sync-down", id, "--branch", "agent/x", "--json"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err, ""); // no progress for scripts unless on a terminal
+  auto j = json::parse(r.out);
+  ASSERT_TRUE(j) << r.out;
+  EXPECT_EQ(j->get_string("branch"), "agent/x");
+  EXPECT_EQ(j->get_string("mode"), "branch");
+  EXPECT_EQ(j->get_string("id"), id);
+  ASSERT_EQ(eng.sync_down_requests().size(), 1u);
+  EXPECT_EQ(eng.sync_down_requests()[0].branch, "agent/x");
+  EXPECT_EQ(eng.sync_down_requests()[0].mode, sync_down_mode::branch);
+}
+
+TEST_F(cli_run_test, sync_down_with_conflicts_exits_0_and_says_so) {
+  auto id = eng.add_session(session_state::running);
+  sync_result res;
+  res.direction = "down";
+  res.commit = std::string(40, 'c');
+  res.base = std::string(40, 'a');
+  res.ref = "refs/aloft/sessions/" + id + "/down";
+  res.changed = {"a.txt"};
+  res.conflicts = {"b.txt", "c.txt"};
+  res.saved_ref = "refs/aloft/sessions/" + id + "/local-1";
+  eng.set_sync_down_result(res);
+  auto r = run({"sync-down", id});
+  EXPECT_EQ(r.code, exit_codes::ok) << r.err;
+  EXPECT_NE(r.out.find("conflict: b.txt was left as it was locally; the agent's version: git "
+                       "show refs/aloft/sessions/" + id + "/down:b.txt\n"),
+            std::string::npos)
+    << r.out;
+  EXPECT_NE(r.out.find("\n2 conflicts: "), std::string::npos) << r.out;
+  auto js = run({"sync-down", id, "--json"});
+  EXPECT_EQ(js.code, exit_codes::ok);
+  auto j = json::parse(js.out);
+  ASSERT_TRUE(j) << js.out;
+  EXPECT_EQ(j->find("conflicts")->size(), 2u);
+  EXPECT_EQ(j->get_string("saved_ref"), "refs/aloft/sessions/" + id + "/local-1");
+}
+
+TEST_F(cli_run_test, sync_errors_map_to_exit_codes) {
+  auto id = eng.add_session(session_state::running);
+  EXPECT_EQ(run({"sync-up", "s-000000000000"}).code, exit_codes::not_found);
+  eng.set_sync_error(make_error(errc::failed_precondition, "session is stopping"));
+  auto refused = run({"sync-down", id, "--dry-run"});
+  EXPECT_EQ(refused.code, exit_codes::refused);
+  // The progress seen before the failure is kept; the error follows it.
+  EXPECT_NE(refused.err.find("down: done"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("aloft: session is stopping"), std::string::npos) << refused.err;
+  auto js = run({"sync-up", id, "--json"});
+  EXPECT_EQ(js.code, exit_codes::refused);
+  auto j = json::parse(js.out);
+  ASSERT_TRUE(j) << js.out;
+  EXPECT_EQ(j->find("error")->get_string("code"), "failed_precondition");
 }
 
 TEST_F(cli_run_test, attach_json_prints_the_plan_without_running_ssh) {

@@ -6,8 +6,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <fstream>
+#include <mutex>
 
 #include <gtest/gtest.h>
 
@@ -353,6 +356,207 @@ TEST_F(daemon_test, a_client_that_half_closes_still_gets_its_reply) {
   auto r = c.read();
   EXPECT_TRUE(r.get_bool("ok")) << r.dump();
   EXPECT_TRUE(c.closed_by_peer());
+}
+
+// -- long ops (sync) on the worker pool ----------------------------------------
+
+// What the daemon logs, collected from its thread, with a bounded wait.
+class log_lines {
+public:
+  daemon_options options(daemon_options opts = {}) {
+    opts.log = [this](const std::string& line) {
+      std::function<void()> hook;
+      {
+        std::lock_guard<std::mutex> guard{mtx_};
+        lines_ += line + "\n";
+        if (line.find(hook_on_) != std::string::npos && !hook_on_.empty())
+          hook.swap(hook_);
+      }
+      cv_.notify_all();
+      if (hook)
+        hook();
+    };
+    return opts;
+  }
+
+  bool wait_for(const std::string& text, int timeout_ms = 5000) {
+    std::unique_lock<std::mutex> lock{mtx_};
+    return cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                        [&] { return lines_.find(text) != std::string::npos; });
+  }
+
+  /// Runs `fn` on the daemon's thread when a line containing `text` is logged.
+  void on(const std::string& text, std::function<void()> fn) {
+    std::lock_guard<std::mutex> guard{mtx_};
+    hook_on_ = text;
+    hook_ = std::move(fn);
+  }
+
+  std::string all() {
+    std::lock_guard<std::mutex> guard{mtx_};
+    return lines_;
+  }
+
+private:
+  std::mutex mtx_;
+  std::condition_variable cv_;
+  std::string lines_;
+  std::string hook_on_;
+  std::function<void()> hook_;
+};
+
+TEST_F(daemon_test, a_slow_sync_does_not_block_other_clients) {
+  auto id = eng.add_session(session_state::running);
+  eng.hold_syncs();
+  running_daemon d{eng, sock};
+  test_client syncing{sock};
+  test_client other{sock};
+  syncing.send("sync_up", json::object().set("id", id), 1);
+  ASSERT_TRUE(eng.wait_for_syncs_started(1));
+  // The sync is inside the engine and stays there: everyone else is served.
+  auto ls = other.call("list", json::object(), 2);
+  EXPECT_TRUE(ls.get_bool("ok")) << ls.dump();
+  EXPECT_EQ(ls.find("result")->find("sessions")->size(), 1u);
+  auto show = other.call("show", json::object().set("id", id), 3);
+  EXPECT_TRUE(show.get_bool("ok")) << show.dump();
+  // Even the syncing client's own later requests are answered first.
+  auto hello = syncing.call("hello", json::object(), 4);
+  EXPECT_EQ(hello.get_int("id"), 4) << hello.dump();
+  eng.release_syncs();
+  auto r = syncing.read();
+  EXPECT_TRUE(r.get_bool("ok")) << r.dump();
+  EXPECT_EQ(r.get_int("id"), 1);
+  EXPECT_EQ(r.find("result")->get_string("commit"), std::string(40, 'a'));
+}
+
+TEST_F(daemon_test, sync_progress_reaches_an_events_follower) {
+  auto id = eng.add_session(session_state::running);
+  running_daemon d{eng, sock};
+  test_client watcher{sock};
+  test_client syncing{sock};
+  watcher.send("events", json::object().set("follow", true).set("n", 0).set("session", id), 1);
+  round_trip(watcher);
+  auto r = syncing.call("sync_down", json::object().set("id", id).set("mode", "dry_run"), 2);
+  ASSERT_TRUE(r.get_bool("ok")) << r.dump();
+  std::vector<std::string> phases;
+  for (int i = 0; i < 4; ++i) {
+    auto item = watcher.read();
+    ASSERT_TRUE(item.get_bool("more")) << item.dump();
+    auto& ev = *item.find("result");
+    EXPECT_EQ(ev.get_string("kind"), "sync");
+    auto data = json::parse(ev.get_string("data"));
+    ASSERT_TRUE(data);
+    EXPECT_EQ(data->get_string("direction"), "down");
+    phases.push_back(data->get_string("phase"));
+  }
+  EXPECT_EQ(phases, (std::vector<std::string>{"snapshot", "receive", "receive", "done"}));
+}
+
+TEST_F(daemon_test, at_most_worker_threads_syncs_run_at_once) {
+  auto id = eng.add_session(session_state::running);
+  eng.hold_syncs();
+  daemon_options opts;
+  opts.worker_threads = 2;
+  running_daemon d{eng, sock, opts};
+  test_client a{sock}, b{sock}, c{sock};
+  a.send("sync_up", json::object().set("id", id), 1);
+  b.send("sync_down", json::object().set("id", id), 2);
+  c.send("sync_up", json::object().set("id", id), 3);
+  // Two run side by side; the third waits for a worker.
+  ASSERT_TRUE(eng.wait_for_syncs_started(2));
+  round_trip(c); // c's sync was read and queued
+  eng.release_syncs();
+  EXPECT_TRUE(a.read().get_bool("ok"));
+  EXPECT_TRUE(b.read().get_bool("ok"));
+  EXPECT_TRUE(c.read().get_bool("ok"));
+  EXPECT_EQ(eng.max_concurrent_syncs(), 2u);
+}
+
+TEST_F(daemon_test, a_full_sync_queue_is_refused_at_once) {
+  auto id = eng.add_session(session_state::running);
+  eng.hold_syncs();
+  daemon_options opts;
+  opts.worker_threads = 1;
+  opts.max_queued_jobs = 1;
+  running_daemon d{eng, sock, opts};
+  test_client a{sock}, b{sock}, c{sock};
+  a.send("sync_up", json::object().set("id", id), 1);
+  ASSERT_TRUE(eng.wait_for_syncs_started(1));
+  b.send("sync_up", json::object().set("id", id), 2);
+  round_trip(b); // queued
+  auto full = c.call("sync_up", json::object().set("id", id), 3);
+  EXPECT_FALSE(full.get_bool("ok"));
+  EXPECT_EQ(full.find("error")->get_string("code"), "resource_exhausted") << full.dump();
+  EXPECT_EQ(full.get_int("id"), 3);
+  // Bad arguments are answered at once too, without waiting for a worker.
+  auto bad = c.call("sync_down", json::object().set("id", id).set("mode", "sideways"), 4);
+  EXPECT_EQ(bad.find("error")->get_string("code"), "invalid_argument") << bad.dump();
+  eng.release_syncs();
+  EXPECT_TRUE(a.read().get_bool("ok"));
+  EXPECT_TRUE(b.read().get_bool("ok"));
+  EXPECT_EQ(eng.max_concurrent_syncs(), 1u);
+}
+
+TEST_F(daemon_test, a_client_that_leaves_mid_sync_does_not_hurt_the_daemon) {
+  auto id = eng.add_session(session_state::running);
+  eng.hold_syncs();
+  log_lines logged;
+  running_daemon d{eng, sock, logged.options()};
+  test_client other{sock};
+  {
+    test_client leaving{sock};
+    leaving.send("sync_down", json::object().set("id", id), 1);
+    ASSERT_TRUE(eng.wait_for_syncs_started(1));
+  }
+  round_trip(other);
+  round_trip(other); // the hang-up has been seen
+  eng.release_syncs();
+  EXPECT_TRUE(logged.wait_for("left before its sync_down reply")) << logged.all();
+  round_trip(other);
+  // The next sync, from someone else, works as usual.
+  auto r = other.call("sync_up", json::object().set("id", id), 5);
+  EXPECT_TRUE(r.get_bool("ok")) << r.dump();
+}
+
+TEST_F(daemon_test, a_client_that_half_closes_still_gets_its_sync_reply) {
+  auto id = eng.add_session(session_state::running);
+  eng.hold_syncs();
+  running_daemon d{eng, sock};
+  test_client c{sock};
+  test_client other{sock};
+  c.send("sync_up", json::object().set("id", id), 1);
+  ::shutdown(c.fd(), SHUT_WR);
+  ASSERT_TRUE(eng.wait_for_syncs_started(1));
+  round_trip(other);
+  round_trip(other); // the half-close has been seen, and the client kept
+  eng.release_syncs();
+  auto r = c.read();
+  EXPECT_TRUE(r.get_bool("ok")) << r.dump();
+  EXPECT_TRUE(c.closed_by_peer());
+}
+
+TEST_F(daemon_test, stopping_waits_for_a_running_sync_and_drops_queued_ones) {
+  auto id = eng.add_session(session_state::running);
+  eng.hold_syncs();
+  log_lines logged;
+  daemon_options opts = logged.options();
+  opts.worker_threads = 1;
+  // The sync may end only once the daemon is waiting for it, on its way out.
+  logged.on("waiting for 1 running sync", [&] { eng.release_syncs(); });
+  running_daemon d{eng, sock, opts};
+  test_client a{sock}, b{sock};
+  a.send("sync_up", json::object().set("id", id), 1);
+  ASSERT_TRUE(eng.wait_for_syncs_started(1));
+  b.send("sync_up", json::object().set("id", id), 2);
+  round_trip(b); // queued behind a's
+  d.stop();
+  EXPECT_FALSE(d.result()) << describe(d.result());
+  auto text = logged.all();
+  EXPECT_NE(text.find("waiting for 1 running sync to finish"), std::string::npos) << text;
+  EXPECT_NE(text.find("dropped 1 queued sync"), std::string::npos) << text;
+  EXPECT_EQ(eng.max_concurrent_syncs(), 1u);
+  EXPECT_FALSE(eng.wait_for_syncs_started(2, 0)); // b's never started
+  EXPECT_TRUE(a.closed_by_peer());
 }
 
 } // namespace

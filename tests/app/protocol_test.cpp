@@ -54,6 +54,14 @@ TEST_F(protocol_test, hello_reports_protocol_version_and_ops) {
   EXPECT_GE(result(r).find("ops")->size(), 12u);
   auto v = call("version");
   EXPECT_EQ(result(v).get_int("protocol"), protocol_version);
+  EXPECT_EQ(protocol_version, 2);
+  auto ops = result(r).find("ops");
+  bool up = false, down = false;
+  for (auto& op : ops->items()) {
+    up = up || op.as_string() == "sync_up";
+    down = down || op.as_string() == "sync_down";
+  }
+  EXPECT_TRUE(up && down) << ops->dump();
 }
 
 TEST_F(protocol_test, string_ids_are_echoed_and_missing_id_is_null) {
@@ -210,7 +218,8 @@ TEST_F(protocol_test, show_returns_record_and_next_timer) {
 }
 
 TEST_F(protocol_test, session_ids_are_checked_before_the_engine_sees_them) {
-  for (auto op : {"show", "stop", "destroy", "attach", "log_path", "activity"}) {
+  for (auto op :
+       {"show", "stop", "destroy", "attach", "log_path", "activity", "sync_up", "sync_down"}) {
     auto missing = call(op);
     EXPECT_EQ(code(missing), "invalid_argument") << op;
     EXPECT_NE(message(missing).find("args.id is required"), std::string::npos) << op;
@@ -336,6 +345,163 @@ TEST_F(protocol_test, events_returns_the_journal_filtered) {
   EXPECT_EQ(code(call("events", json::object().set("session", "nope"))),
             "invalid_argument");
   EXPECT_EQ(code(call("events", json::object().set("follow", true))), "unimplemented");
+}
+
+// -- sync ---------------------------------------------------------------------------
+
+TEST_F(protocol_test, sync_up_returns_the_result_with_the_session_id) {
+  auto id = eng.add_session(session_state::running);
+  auto r = call("sync_up", json::object().set("id", id));
+  ASSERT_TRUE(r.get_bool("ok")) << r.dump();
+  auto& res = result(r);
+  EXPECT_EQ(res.get_string("id"), id);
+  EXPECT_EQ(res.get_string("direction"), "up");
+  EXPECT_EQ(res.get_string("commit"), std::string(40, 'a'));
+  EXPECT_EQ(res.get_int("files"), 3);
+  EXPECT_EQ(res.get_int("bytes"), 1234);
+  // Every field is present, so clients need no defaults.
+  for (auto key : {"base", "ref", "changed", "conflicts", "notes", "saved_ref", "branch",
+                   "diffstat"})
+    EXPECT_NE(res.find(key), nullptr) << key;
+  EXPECT_TRUE(res.find("changed")->is_array());
+}
+
+TEST_F(protocol_test, sync_up_rejects_bad_arguments) {
+  EXPECT_NE(message(call("sync_up")).find("sync_up: args.id is required"), std::string::npos);
+  EXPECT_NE(message(call("sync_up", json::object().set("id", 7))).find("expected a session id"),
+            std::string::npos);
+  auto extra = call("sync_up", json::object().set("id", "s-000000000000").set("mode", "apply"));
+  EXPECT_EQ(code(extra), "invalid_argument");
+  EXPECT_NE(message(extra).find("unknown argument \"mode\""), std::string::npos);
+}
+
+TEST_F(protocol_test, sync_down_passes_each_mode_to_the_engine) {
+  auto id = eng.add_session(session_state::running);
+  auto apply = call("sync_down", json::object().set("id", id));
+  ASSERT_TRUE(apply.get_bool("ok")) << apply.dump();
+  EXPECT_EQ(result(apply).get_string("mode"), "apply");
+  EXPECT_EQ(result(apply).get_string("id"), id);
+  EXPECT_EQ(result(apply).get_string("direction"), "down");
+  EXPECT_EQ(result(apply).find("changed")->at(0).as_string(), "src/main.c");
+  auto branch = call("sync_down",
+                     json::object().set("id", id).set("mode", "branch").set("branch", "agent/fix-1"));
+  ASSERT_TRUE(branch.get_bool("ok")) << branch.dump();
+  EXPECT_EQ(result(branch).get_string("branch"), "agent/fix-1");
+  EXPECT_EQ(result(branch).get_string("mode"), "branch");
+  auto dry = call("sync_down", json::object().set("id", id).set("mode", "dry_run"));
+  ASSERT_TRUE(dry.get_bool("ok")) << dry.dump();
+  EXPECT_EQ(result(dry).get_string("mode"), "dry_run");
+  auto explicit_apply = call("sync_down", json::object().set("id", id).set("mode", "apply"));
+  ASSERT_TRUE(explicit_apply.get_bool("ok"));
+  auto reqs = eng.sync_down_requests();
+  ASSERT_EQ(reqs.size(), 4u);
+  EXPECT_EQ(reqs[0].mode, sync_down_mode::apply);
+  EXPECT_EQ(reqs[1].mode, sync_down_mode::branch);
+  EXPECT_EQ(reqs[1].branch, "agent/fix-1");
+  EXPECT_EQ(reqs[2].mode, sync_down_mode::dry_run);
+  EXPECT_EQ(reqs[2].branch, "");
+  EXPECT_EQ(reqs[3].mode, sync_down_mode::apply);
+}
+
+TEST_F(protocol_test, sync_down_rejects_bad_arguments_naming_the_rule) {
+  auto id = eng.add_session(session_state::running);
+  auto with = [&](json args) { return args.set("id", id); };
+  auto branch = [&](json name) {
+    return json::object().set("id", id).set("mode", "branch").set("branch", std::move(name));
+  };
+  struct bad_case {
+    json args;
+    std::string expect;
+  };
+  std::vector<bad_case> cases = {
+    {with(json::object().set("mode", "merge")),
+     "args.mode: expected \"apply\", \"branch\" or \"dry_run\", got \"merge\""},
+    {with(json::object().set("mode", 1)), "args.mode: expected \"apply\""},
+    {with(json::object().set("mode", "")), "args.mode: expected"},
+    {with(json::object().set("mode", "branch")),
+     "args.branch is required with mode \"branch\""},
+    {with(json::object().set("branch", "x")), "args.branch is taken only with mode \"branch\""},
+    {with(json::object().set("mode", "dry_run").set("branch", "x")),
+     "args.branch is taken only with mode"},
+    {with(json::object().set("mode", "apply").set("branch", "x")),
+     "args.branch is taken only with mode"},
+    {branch(json{5}), "args.branch: expected a branch name (a string), got an integer"},
+    {branch(json{nullptr}), "args.branch: expected a branch name"},
+    {branch(json{""}), "args.branch must not be empty"},
+    {branch(json{std::string(256, 'b')}), "args.branch must be at most 255 bytes"},
+    {branch(json{"-f"}), "args.branch must not start with '-'"},
+    {branch(json{"--force"}), "args.branch must not start with '-'"},
+    {branch(json{"a..b"}), "must not contain \"..\""},
+    {branch(json{"..b"}), "must not contain \"..\""},
+    {branch(json{"my branch"}), "must not contain spaces"},
+    {branch(json{"a\tb"}), "must not contain control characters"},
+    {branch(json{"a\nb"}), "must not contain control characters"},
+    {branch(json{"a\x7f"}), "must not contain control characters"},
+    {branch(json{"a~1"}), "must not contain '~'"},
+    {branch(json{"a^"}), "must not contain '^'"},
+    {branch(json{"a:b"}), "must not contain ':'"},
+    {branch(json{"a?"}), "must not contain '?'"},
+    {branch(json{"a*"}), "must not contain '*'"},
+    {branch(json{"a[b"}), "must not contain '['"},
+    {branch(json{"a\\b"}), "must not contain '\\'"},
+    {branch(json{"topic.lock"}), "must not end with \".lock\""},
+    {branch(json{"a.lock/b"}), "must not have a part that ends with \".lock\""},
+    {branch(json{"topic/"}), "must not end with '/'"},
+    {branch(json{"/topic"}), "must not start with '/'"},
+    {branch(json{"a//b"}), "must not contain \"//\""},
+    {branch(json{"topic."}), "must not end with '.'"},
+    {branch(json{".hidden"}), "must not have a part that starts with '.'"},
+    {branch(json{"a/.b"}), "must not have a part that starts with '.'"},
+    {branch(json{"a@{1}"}), "must not contain \"@{\""},
+    {branch(json{"@"}), "must not be \"@\""},
+    {branch(json{"HEAD"}), "must not be \"HEAD\""},
+    {branch(json{"bad\xff"}), "must be valid UTF-8"},
+    {with(json::object().set("force", true)), "unknown argument \"force\""},
+  };
+  for (auto& c : cases) {
+    auto r = call("sync_down", c.args);
+    EXPECT_EQ(code(r), "invalid_argument") << c.args.dump();
+    EXPECT_NE(message(r).find(c.expect), std::string::npos)
+      << c.args.dump() << " -> " << message(r);
+    EXPECT_EQ(message(r).rfind("sync_down: ", 0), 0u) << message(r);
+  }
+  EXPECT_TRUE(eng.sync_down_requests().empty()); // none reached the engine
+}
+
+TEST_F(protocol_test, branch_names_git_accepts_pass) {
+  for (auto name : {"agent-work", "feature/fix-1", "a.b", "fix_1", "v1.2.3", "caf\xc3\xa9",
+                    "a/b/c", "lock", "x.locked", "@x", "head"})
+    EXPECT_FALSE(check_branch_name(name)) << name << ": "
+                                          << message_of(check_branch_name(name));
+  auto err = check_branch_name("a..b");
+  EXPECT_EQ(code_of(err), errc::invalid_argument);
+  EXPECT_EQ(message_of(err), "the branch name \"a..b\" must not contain \"..\"");
+}
+
+TEST_F(protocol_test, sync_errors_from_the_engine_pass_through) {
+  auto id = eng.add_session(session_state::running);
+  eng.set_sync_error(make_error(errc::failed_precondition, "the VM is not running"));
+  auto up = call("sync_up", json::object().set("id", id));
+  EXPECT_EQ(code(up), "failed_precondition");
+  EXPECT_EQ(message(up), "the VM is not running");
+  EXPECT_EQ(code(call("sync_down", json::object().set("id", id))), "failed_precondition");
+}
+
+TEST_F(protocol_test, only_syncs_are_long_ops) {
+  EXPECT_TRUE(is_long_op("sync_up"));
+  EXPECT_TRUE(is_long_op("sync_down"));
+  for (auto op : {"hello", "list", "show", "logs", "events", "launch", "nope", ""})
+    EXPECT_FALSE(is_long_op(op)) << op;
+  request req;
+  req.op = "sync_down";
+  req.args = json::object().set("id", "s-000000000000").set("mode", "sideways");
+  EXPECT_EQ(code_of(check_long_op_args(req)), errc::invalid_argument);
+  req.args = json::object().set("id", "s-000000000000");
+  EXPECT_FALSE(check_long_op_args(req));
+  req.op = "sync_up";
+  EXPECT_FALSE(check_long_op_args(req));
+  req.op = "list";
+  EXPECT_EQ(code_of(check_long_op_args(req)), errc::unimplemented);
 }
 
 TEST(event_filter, output_only_when_asked_and_session_filter) {
