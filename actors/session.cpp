@@ -20,6 +20,7 @@
 #include "engine/clock.hpp"
 #include "engine/executor.hpp"
 #include "engine/keys.hpp"
+#include "engine/resident_shell.hpp"
 #include "engine/transport.hpp"
 #include "engine/watchdog_policy.hpp"
 #include "persistence/store.hpp"
@@ -742,7 +743,7 @@ private:
     activity("sync");
     auto up = job.up;
     auto safety = job.safety;
-    auto s = spawn_sync(system(), std::move(job), transport_, env_->blocking, env_->registry);
+    auto s = spawn_sync(system(), std::move(job), shell(), env_->blocking, env_->registry);
     request(s, caf::infinite, sync_atom::value)
       .then(
         [=](sync_outcome& out) {
@@ -762,6 +763,14 @@ private:
           sync_in_flight_ = false;
           done(std::move(err));
         });
+  }
+
+  // The session's resident shell on the VM, (re)started on demand: sync
+  // scripts run there instead of paying for a channel and a login shell each.
+  std::shared_ptr<resident_shell> shell() {
+    if (!shell_ || !shell_->alive())
+      shell_ = resident_shell::start(transport_, sync::limits{}.max_download_bytes + (1u << 20));
+    return shell_;
   }
 
   // Compares both sides with the last snapshots: the local worktree on the
@@ -817,32 +826,23 @@ private:
       }});
     });
     if (*pending == 2) {
-      auto out = std::make_shared<std::string>();
-      auto err_text = std::make_shared<std::string>();
-      exec_callbacks cb;
-      cb.on_stdout = [out](std::string_view s) {
-        if (out->size() < 256)
-          out->append(s);
-      };
-      cb.on_stderr = [err_text](std::string_view s) {
-        if (err_text->size() < 1024)
-          err_text->append(s);
-      };
-      cb.on_exit = [self_handle, out, err_text, st, vm_tree, done](const caf::error& err,
-                                                                   int code) mutable {
-        caf::anon_send(self_handle, actor_task{[=]() mutable {
-          auto line = out->substr(0, out->find('\n'));
-          bool hex = line.size() == 40
-                     && line.find_first_not_of("0123456789abcdef") == std::string::npos;
-          if (!err && code == 0 && hex)
-            *vm_tree = line;
-          else
-            st->vm_note = err ? describe(err) : "the VM could not tell (exit "
-                                                  + std::to_string(code) + ")";
-          done();
-        }});
-      };
-      transport_->exec(sync::vm_tree_command(rec_.workdir, rec_.synced_up), std::move(cb));
+      shell()->run(sync::vm_tree_command(rec_.workdir, rec_.synced_up), {},
+                   [self_handle, st, vm_tree, done](const caf::error& err, int code,
+                                                    std::string out, std::string) mutable {
+                     caf::anon_send(self_handle, actor_task{[=]() mutable {
+                       auto line = out.substr(0, out.find('\n'));
+                       bool hex = line.size() == 40
+                                  && line.find_first_not_of("0123456789abcdef")
+                                       == std::string::npos;
+                       if (!err && code == 0 && hex)
+                         *vm_tree = line;
+                       else
+                         st->vm_note = err ? describe(err)
+                                           : "the VM could not tell (exit "
+                                               + std::to_string(code) + ")";
+                       done();
+                     }});
+                   });
     }
     return rp;
   }
@@ -1059,6 +1059,9 @@ private:
       status_->cancel();
     tail_.reset();
     status_.reset();
+    if (shell_)
+      shell_->close();
+    shell_.reset();
     if (transport_)
       transport_->close();
     transport_.reset();
@@ -1073,6 +1076,7 @@ private:
   std::shared_ptr<transport> transport_;
   std::shared_ptr<channel> tail_;
   std::shared_ptr<channel> status_;
+  std::shared_ptr<resident_shell> shell_;
   uint64_t transport_gen_ = 0; // callbacks of older connections are ignored
   int log_fd_ = -1;
   int64_t final_log_size_ = -1;

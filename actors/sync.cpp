@@ -12,7 +12,7 @@
 #include "actors/messages.hpp"
 #include "engine/base/error.hpp"
 #include "engine/executor.hpp"
-#include "engine/transport.hpp"
+#include "engine/resident_shell.hpp"
 
 namespace aloft {
 
@@ -46,11 +46,11 @@ std::string human_bytes(uint64_t n) {
 
 class sync_actor : public caf::event_based_actor {
 public:
-  sync_actor(caf::actor_config& cfg, sync_job job, std::shared_ptr<transport> t,
+  sync_actor(caf::actor_config& cfg, sync_job job, std::shared_ptr<resident_shell> shell,
              executor* blocking, caf::actor registry)
     : caf::event_based_actor(cfg),
       job_(std::move(job)),
-      transport_(std::move(t)),
+      shell_(std::move(shell)),
       blocking_(blocking),
       registry_(std::move(registry)) {
     // nop
@@ -138,34 +138,30 @@ private:
     auto cmd = sync::vm_prepare_command(job_.workdir) + "\n"
                + sync::vm_receive_command(job_.workdir, out.commit, job_.base);
     auto self_handle = caf::actor_cast<caf::actor>(this);
-    auto err_text = std::make_shared<std::string>();
-    exec_callbacks cb;
-    cb.on_stdout = [](std::string_view) {};
-    cb.on_stderr = [err_text](std::string_view s) {
-      if (err_text->size() < 64 * 1024)
-        err_text->append(s);
-    };
     auto result = std::make_shared<sync_outcome>(std::move(out));
-    cb.on_exit = [this, self_handle, err_text, result](const caf::error& err, int code) {
-      caf::anon_send(self_handle, actor_task{[this, err, code, err_text, result] {
-        channel_.reset();
-        if (err) {
-          finish(annotate(err, "send pack to the VM"));
-          return;
-        }
-        if (code != 0) {
-          finish(make_error(errc::failed_precondition,
-                            "the VM could not take the snapshot (exit " + std::to_string(code)
-                              + "): " + printable_tail(*err_text)));
-          return;
-        }
-        progress("done", "synced up " + result->commit.substr(0, 12), total_, total_);
-        finish(std::move(*result));
-      }});
-    };
-    channel_ = transport_->exec(cmd, std::move(cb));
-    channel_->write(std::move(pack));
-    channel_->close_stdin();
+    start_bytes_ = shell_->bytes_out();
+    running_ = true;
+    shell_->run(cmd, std::move(pack),
+                [this, self_handle, result](const caf::error& err, int code, std::string,
+                                            std::string err_text) {
+                  caf::anon_send(self_handle, actor_task{[=] {
+                    running_ = false;
+                    if (err) {
+                      finish(annotate(err, "send pack to the VM"));
+                      return;
+                    }
+                    if (code != 0) {
+                      finish(make_error(errc::failed_precondition,
+                                        "the VM could not take the snapshot (exit "
+                                          + std::to_string(code)
+                                          + "): " + printable_tail(err_text)));
+                      return;
+                    }
+                    progress("done", "synced up " + result->commit.substr(0, 12), total_,
+                             total_);
+                    finish(std::move(*result));
+                  }});
+                });
     schedule_tick();
   }
 
@@ -181,35 +177,18 @@ private:
     }
     progress("snapshot", "snapshot of the agent's worktree on the VM", 0, 0);
     auto self_handle = caf::actor_cast<caf::actor>(this);
-    auto buf = std::make_shared<std::string>();
-    auto err_text = std::make_shared<std::string>();
-    auto received = received_;
-    // Header line plus the pack: anything beyond the limit is refused.
-    auto cap = job_.limits.max_download_bytes + 256;
-    auto over = std::make_shared<bool>(false);
-    exec_callbacks cb;
-    cb.on_stdout = [buf, cap, over, received](std::string_view s) {
-      if (*over)
-        return;
-      if (buf->size() + s.size() > cap) {
-        *over = true;
-        return;
-      }
-      buf->append(s);
-      received->store(buf->size());
-    };
-    cb.on_stderr = [err_text](std::string_view s) {
-      if (err_text->size() < 64 * 1024)
-        err_text->append(s);
-    };
-    cb.on_exit = [this, self_handle, buf, err_text, over](const caf::error& err, int code) {
-      caf::anon_send(self_handle, actor_task{[this, buf, err_text, over, err, code] {
-        channel_.reset();
-        on_down_received(buf, *err_text, *over, err, code);
-      }});
-    };
-    channel_ = transport_->exec(sync::vm_snapshot_command(job_.workdir, job_.base),
-                                std::move(cb));
+    start_bytes_ = shell_->bytes_in();
+    running_ = true;
+    shell_->run(sync::vm_snapshot_command(job_.workdir, job_.base), {},
+                [this, self_handle](const caf::error& err, int code, std::string out,
+                                    std::string err_text) {
+                  auto buf = std::make_shared<std::string>(std::move(out));
+                  caf::anon_send(self_handle, actor_task{[=] {
+                    running_ = false;
+                    bool over = buf->size() > job_.limits.max_download_bytes + 256;
+                    on_down_received(buf, err_text, over, err, code);
+                  }});
+                });
     schedule_tick();
   }
 
@@ -297,14 +276,16 @@ private:
   }
 
   void report_transfer() {
-    if (!channel_)
+    if (!running_)
       return;
-    if (job_.up)
-      progress("send", "sent " + human_bytes(channel_->bytes_out()) + " of "
-                         + human_bytes(total_),
-               channel_->bytes_out(), total_);
-    else
-      progress("receive", "received " + human_bytes(received_->load()), received_->load(), 0);
+    if (job_.up) {
+      auto sent = std::min<uint64_t>(shell_->bytes_out() - start_bytes_, total_);
+      progress("send", "sent " + human_bytes(sent) + " of " + human_bytes(total_), sent,
+               total_);
+    } else {
+      auto got = shell_->bytes_in() - start_bytes_;
+      progress("receive", "received " + human_bytes(got), got, 0);
+    }
     schedule_tick();
   }
 
@@ -332,20 +313,22 @@ private:
   }
 
   sync_job job_;
-  std::shared_ptr<transport> transport_;
+  std::shared_ptr<resident_shell> shell_;
   executor* blocking_;
   caf::actor registry_;
   caf::response_promise rp_;
-  std::shared_ptr<channel> channel_;
+  bool running_ = false;     // a request is on the VM
+  uint64_t start_bytes_ = 0; // the shell's byte count when it was sent
   uint64_t total_ = 0;
-  std::shared_ptr<std::atomic<uint64_t>> received_ = std::make_shared<std::atomic<uint64_t>>(0);
 };
 
 } // namespace
 
-caf::actor spawn_sync(caf::actor_system& sys, sync_job job, std::shared_ptr<transport> t,
-                      executor* blocking, caf::actor registry) {
-  return sys.spawn<sync_actor>(std::move(job), std::move(t), blocking, std::move(registry));
+caf::actor spawn_sync(caf::actor_system& sys, sync_job job,
+                      std::shared_ptr<resident_shell> shell, executor* blocking,
+                      caf::actor registry) {
+  return sys.spawn<sync_actor>(std::move(job), std::move(shell), blocking,
+                               std::move(registry));
 }
 
 } // namespace aloft

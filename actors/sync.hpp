@@ -1,8 +1,9 @@
 // The sync actor: one per sync job (up or down), spawned by its session.
 //
 // Up:   snapshot the local worktree (executor) -> pack what the VM lacks ->
-//       stream it through the session's transport into the VM's repository
-//       and update its checkout.
+//       stream it through the session's resident shell (one long-lived
+//       channel of its transport) into the VM's repository and update its
+//       checkout.
 // Down: snapshot the agent's worktree on the VM -> receive the pack (bounded,
 //       checked as untrusted before anything enters the local repository,
 //       on the executor) -> store it under the session's refs -> apply,
@@ -28,7 +29,7 @@
 namespace aloft {
 
 class executor;
-class transport;
+class resident_shell;
 class wall_clock;
 
 struct sync_job {
@@ -65,8 +66,9 @@ struct sync_state {
 };
 
 /// Spawns a sync job; send it `(sync_atom)` to run it once.
-caf::actor spawn_sync(caf::actor_system& sys, sync_job job, std::shared_ptr<transport> t,
-                      executor* blocking, caf::actor registry);
+caf::actor spawn_sync(caf::actor_system& sys, sync_job job,
+                      std::shared_ptr<resident_shell> shell, executor* blocking,
+                      caf::actor registry);
 
 } // namespace aloft
 

@@ -1,0 +1,94 @@
+// The resident shell: scripts run one after another over one channel, with
+// their stdin, stdout, stderr and exit codes kept apart; a VM that answers
+// out of turn or with nonsense fails every pending request, never the engine.
+#include "engine/resident_shell.hpp"
+
+#include <future>
+
+#include <gtest/gtest.h>
+
+#include "engine/ssh_transport.hpp"
+#include "tests/support/local_vm.hpp"
+
+namespace aloft {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct answer {
+  caf::error err;
+  int code = -1;
+  std::string out, err_text;
+};
+
+std::future<answer> run(resident_shell& shell, std::string script, std::string input = {}) {
+  auto p = std::make_shared<std::promise<answer>>();
+  auto f = p->get_future();
+  shell.run(std::move(script), std::move(input),
+            [p](const caf::error& err, int code, std::string out, std::string err_text) {
+              p->set_value({err, code, std::move(out), std::move(err_text)});
+            });
+  return f;
+}
+
+TEST(resident_shell, runs_scripts_in_order_over_one_channel) {
+  test::temp_dir root;
+  auto vm = test::local_vm::start(root.path());
+  ASSERT_TRUE(vm) << describe(vm.error());
+  ssh_io_loop loop;
+  auto t = test::connect(loop, (*vm)->endpoint());
+  ASSERT_TRUE(t) << describe(t.error());
+  auto shell = resident_shell::start(*t, 1 << 20);
+  // Pipelined: all three are on the wire before the first answer.
+  auto a = run(*shell, "echo one; echo oops >&2; exit 3");
+  auto b = run(*shell, "cat; printf 'tail'", std::string("binary\0input\n", 13));
+  auto c = run(*shell, "printf ''");
+  auto ra = a.get(), rb = b.get(), rc = c.get();
+  EXPECT_FALSE(ra.err);
+  EXPECT_EQ(ra.code, 3);
+  EXPECT_EQ(ra.out, "one\n");
+  EXPECT_EQ(ra.err_text, "oops\n");
+  EXPECT_EQ(rb.code, 0);
+  EXPECT_EQ(rb.out, std::string("binary\0input\ntail", 17));
+  EXPECT_EQ(rc.code, 0);
+  EXPECT_EQ(rc.out, "");
+  EXPECT_TRUE(shell->alive());
+  // A large input and output keep the stream in step.
+  std::string big(3 << 20, 'x');
+  auto d = run(*shell, "wc -c", big).get();
+  EXPECT_EQ(d.out, std::to_string(big.size()) + "\n");
+  auto e = run(*shell, "echo still in step").get();
+  EXPECT_EQ(e.out, "still in step\n");
+}
+
+TEST(resident_shell, an_oversized_answer_fails_the_request_and_the_shell) {
+  test::temp_dir root;
+  auto vm = test::local_vm::start(root.path());
+  ASSERT_TRUE(vm);
+  ssh_io_loop loop;
+  auto t = test::connect(loop, (*vm)->endpoint());
+  ASSERT_TRUE(t);
+  auto shell = resident_shell::start(*t, 1000);
+  auto a = run(*shell, "head -c 5000 /dev/zero").get();
+  EXPECT_TRUE(a.err);
+  EXPECT_FALSE(shell->alive());
+  auto b = run(*shell, "echo late").get();
+  EXPECT_TRUE(b.err) << "a dead shell must refuse work, not hang";
+}
+
+TEST(resident_shell, closing_fails_what_is_pending) {
+  test::temp_dir root;
+  auto vm = test::local_vm::start(root.path());
+  ASSERT_TRUE(vm);
+  ssh_io_loop loop;
+  auto t = test::connect(loop, (*vm)->endpoint());
+  ASSERT_TRUE(t);
+  auto shell = resident_shell::start(*t, 1 << 20);
+  auto a = run(*shell, "sleep 30");
+  shell->close();
+  auto r = a.get();
+  EXPECT_TRUE(r.err);
+}
+
+} // namespace
+} // namespace aloft
