@@ -280,6 +280,13 @@ void sync_scenario(report& out, size_t files, size_t bytes, int runs) {
     return;
   }
   auto& eng = **e;
+  // ALOFT_BENCH_TRACE=1 prints every sync event with its time, to see
+  // where a sync spends it.
+  bool trace = std::getenv("ALOFT_BENCH_TRACE") != nullptr;
+  auto sub = eng.subscribe([trace](const event& ev) {
+    if (trace && ev.kind == "sync")
+      std::fprintf(stderr, "%lld %s\n", static_cast<long long>(ev.at_ms), ev.message.c_str());
+  });
   std::vector<double> initial, tar_base, incremental, down;
   for (int run = 0; run < runs; ++run) {
     launch_request req;
@@ -334,6 +341,7 @@ void sync_scenario(report& out, size_t files, size_t bytes, int runs) {
     ignore_error(eng.destroy(live.id));
   }
   wait_for([&] { return count_state(eng, session_state::running) == 0; }, 60);
+  eng.unsubscribe(sub);
   out.add({"sync", "initial sync up (launch to running), median s", median(initial), "s",
            median(tar_base)});
   out.add({"sync", "one-file incremental sync up, median ms", median(incremental) * 1000,
