@@ -84,12 +84,16 @@ const std::vector<command_spec>& commands() {
      "AGE. IDLE IN is `off` when auto-destroy is off."},
     {"show",
      {"ID"},
-     {},
+     {{"--changes", nullptr, nullptr,
+       "with --json, also compare both worktrees (always done without --json)"}},
      "show one session: every field, the next timer, the last activity",
      "Prints the session's record, which timer fires next and when, what\n"
      "last pushed the idle deadline, and the sync state: the snapshots last\n"
-     "synced up and down (or never) and the safety ref taken before a timed\n"
-     "destroy."},
+     "synced up and down (or never), the safety ref taken before a timed\n"
+     "destroy, and whether the local worktree changed since the last sync up\n"
+     "and the agent's since the last sync (this takes a snapshot of each, a\n"
+     "second or more on a large tree). --json leaves that comparison out, so\n"
+     "polling stays cheap, unless --changes asks for it (`sync_state`)."},
     {"logs",
      {"ID"},
      {{"--follow", "-f", nullptr, "keep printing output as it arrives"}},
@@ -214,6 +218,8 @@ caf::error apply_flag(cli_command& cmd, const std::string& flag, const std::stri
     cmd.follow = true;
   else if (flag == "--output")
     cmd.include_output = true;
+  else if (flag == "--changes")
+    cmd.changes = true;
   else if (flag == "--apply")
     cmd.sync_mode = "apply";
   else if (flag == "--dry-run")
@@ -1230,6 +1236,22 @@ std::string format_show(const json& show_result, int64_t now) {
   row("synced down", synced("synced_down"));
   if (!rec.get_string("safety_ref").empty())
     row("safety ref", str("safety_ref"));
+  if (auto st = show_result.find("sync_state"); st && st->is_object()) {
+    // true, false, or null when the engine could not tell (the note says why).
+    auto side = [&](const char* key, const char* note_key, const std::string& yes,
+                    const std::string& no) {
+      auto v = st->find(key);
+      if (v && v->is_bool())
+        return v->as_bool() ? yes : no;
+      auto note = st->get_string(note_key);
+      return std::string{"unknown"} + (note.empty() ? "" : " (" + printable(note) + ")");
+    };
+    row("local changes",
+        side("local_changed", "local_note", "yes, since the last sync up",
+             "none since the last sync up"));
+    row("agent changes",
+        side("vm_changed", "vm_note", "yes, not synced down yet", "none since the last sync"));
+  }
   return table(rows);
 }
 
@@ -1591,6 +1613,21 @@ int run_client(const cli_command& cmd, std::ostream& out, std::ostream& err,
   auto result = call(conn, req);
   if (!result)
     return ctx.fail(result.error());
+  if (cmd.name == "show" && (!cmd.json || cmd.changes)) {
+    // A comparison that cannot be made (an older daemon, no VM) is shown as
+    // unknown with the reason; it never fails `show`.
+    auto st_req = json::object();
+    st_req.set("id", ctx.next_id++).set("op", "sync_state");
+    st_req.set("args", json::object().set("id", cmd.id));
+    auto st = call(conn, st_req);
+    json state = st ? *st : json::object();
+    if (!st) {
+      auto why = message_of(st.error());
+      state.set("local_changed", json{}).set("vm_changed", json{});
+      state.set("local_note", why).set("vm_note", why);
+    }
+    result->set("sync_state", std::move(state));
+  }
   if (cmd.json) {
     ctx.print_json(*result);
     return exit_codes::ok;

@@ -72,6 +72,9 @@ struct cli_command {
   // sync-down
   std::string sync_mode = "apply"; // "apply", "branch" or "dry_run"
   std::string branch;              // --branch NAME
+
+  // show
+  bool changes = false; // --changes: with --json, include `sync_state`
 };
 
 /// Parses the arguments after the program name. Errors: invalid_argument
@@ -99,7 +102,8 @@ json request_for(const cli_command& cmd, int64_t request_id);
 
 /// The `ls` table from a `list` result.
 std::string format_ls(const json& list_result, int64_t now_ms);
-/// The `show` page from a `show` result.
+/// The `show` page from a `show` result; with a `sync_state` member (a
+/// `sync_state` result), also whether each side changed since the last sync.
 std::string format_show(const json& show_result, int64_t now_ms);
 /// One line for an event.
 std::string format_event(const json& ev);

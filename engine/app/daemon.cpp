@@ -277,13 +277,15 @@ struct daemon::impl {
       path(std::move(path)),
       opts(std::move(opts)),
       box(std::make_shared<inbox>(this->opts.max_queued_events)),
-      pool(this->opts.worker_threads, this->opts.max_queued_jobs) {}
+      sync_pool(this->opts.worker_threads, this->opts.max_queued_jobs),
+      check_pool(this->opts.check_threads, this->opts.max_queued_jobs) {}
 
   engine& eng;
   std::string path;
   daemon_options opts;
   std::shared_ptr<inbox> box;
-  job_pool pool;
+  job_pool sync_pool;  // transfers: minutes
+  job_pool check_pool; // checks: seconds
   std::atomic<bool> stopping{false};
   int listen_fd = -1;
   dev_t sock_dev = 0;
@@ -594,12 +596,13 @@ struct daemon::impl {
       }
       box_ref->push_reply(client_id, req.op, std::move(reply));
     };
+    auto& pool = pace_of(req.op) == op_pace::minutes ? sync_pool : check_pool;
     if (!pool.submit(std::move(job)))
       return send(c, make_error_reply(
                        req.id, make_error(errc::resource_exhausted,
                                           req.op + ": the daemon already runs "
                                             + std::to_string(pool.capacity())
-                                            + " long ops and has "
+                                            + " such ops and has "
                                             + std::to_string(pool.max_queued())
                                             + " waiting; try again later")));
     ++c.awaiting;
@@ -761,13 +764,16 @@ struct daemon::impl {
     // Queued syncs have not started: drop them. A running one may be writing
     // into a worktree: let it finish rather than pull the engine away under
     // it.
-    if (auto dropped = pool.close())
+    auto dropped = sync_pool.close() + check_pool.close();
+    if (dropped > 0)
       log("dropped " + std::to_string(dropped) + " queued sync"
           + (dropped == 1 ? "" : "s") + " (not started)");
-    if (auto running = pool.running())
+    auto running = sync_pool.running() + check_pool.running();
+    if (running > 0)
       log("waiting for " + std::to_string(running) + " running sync"
           + (running == 1 ? "" : "s") + " to finish");
-    pool.join();
+    sync_pool.join();
+    check_pool.join();
     if (listen_fd >= 0) {
       ::close(listen_fd);
       listen_fd = -1;

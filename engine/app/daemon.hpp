@@ -9,10 +9,12 @@
 // the engine; subscriber callbacks arrive on engine threads, so they only
 // queue the event under a mutex and wake the loop through an eventfd.
 //
-// Long ops (`sync_up`, `sync_down`; see `is_long_op`) would stall every
-// client for seconds or minutes, so their arguments are checked on the loop
-// and the engine call runs on a small fixed pool of worker threads with a
-// bounded queue (a full queue is refused with `resource_exhausted`). The
+// Long ops (`sync_up`, `sync_down`, `sync_state`; see `pace_of`) would
+// stall every client for seconds or minutes, so their arguments are checked
+// on the loop and the engine call runs on a small fixed pool of worker
+// threads with a bounded queue (a full queue is refused with
+// `resource_exhausted`): one pool for transfers, one for checks, so a
+// `sync_state` never waits behind a long sync. The
 // worker posts the reply to the same eventfd-woken queue the subscribers
 // use, and the loop sends it to the client if that client is still
 // connected; a client that left gets nothing, and the sync itself runs to
@@ -52,10 +54,12 @@ struct daemon_options {
   /// events are dropped (a `logs` stream refills what it missed from the
   /// log file).
   size_t max_queued_events = 65536;
-  /// Worker threads for long ops (syncs); the most that run at once. Started
-  /// on first use.
+  /// Worker threads for transfers (sync_up, sync_down); the most that run
+  /// at once. Started on first use.
   size_t worker_threads = 2;
-  /// Long ops waiting for a worker; one more is refused with
+  /// Worker threads for checks (sync_state).
+  size_t check_threads = 2;
+  /// Long ops waiting for a worker, per pool; one more is refused with
   /// `resource_exhausted`.
   size_t max_queued_jobs = 64;
   /// Where the daemon reports what a person running it may want to know

@@ -238,6 +238,15 @@ private:
   caf::error err_;
 };
 
+// Args of an op that takes only a session id.
+caf::expected<std::string> read_id_args(const json& args, const std::string& op) {
+  arg_reader r{args, op};
+  auto id = r.session_id();
+  if (auto err = r.finish())
+    return err;
+  return id;
+}
+
 json error_json(const caf::error& err) {
   auto e = json::object();
   auto code = code_of(err);
@@ -429,21 +438,41 @@ op_result op_sync_down(engine& e, const json& args) {
   return j;
 }
 
+op_result op_sync_state(engine& e, const json& args) {
+  auto id = read_id_args(args, "sync_state");
+  if (!id)
+    return id.error();
+  auto st = e.sync_state(*id);
+  if (!st)
+    return st.error();
+  auto j = to_json(*st);
+  j.set("id", *id);
+  return j;
+}
+
 struct op_entry {
   const char* name;
   op_fn fn;
-  bool long_running; // run off the daemon's poll loop
+  op_pace pace = op_pace::immediate;
 };
 
 constexpr op_entry ops[] = {
-  {"hello", op_hello, false},         {"version", op_hello, false},
-  {"launch", op_launch, false},       {"list", op_list, false},
-  {"show", op_show, false},           {"stop", op_stop, false},
-  {"destroy", op_destroy, false},     {"extend", op_extend, false},
-  {"attach", op_attach, false},       {"activity", op_activity, false},
-  {"log_path", op_log_path, false},   {"logs", op_logs, false},
-  {"events", op_events, false},       {"sync_up", op_sync_up, true},
-  {"sync_down", op_sync_down, true},
+  {"hello", op_hello},
+  {"version", op_hello},
+  {"launch", op_launch},
+  {"list", op_list},
+  {"show", op_show},
+  {"stop", op_stop},
+  {"destroy", op_destroy},
+  {"extend", op_extend},
+  {"attach", op_attach},
+  {"activity", op_activity},
+  {"log_path", op_log_path},
+  {"logs", op_logs},
+  {"events", op_events},
+  {"sync_up", op_sync_up, op_pace::minutes},
+  {"sync_down", op_sync_down, op_pace::minutes},
+  {"sync_state", op_sync_state, op_pace::seconds},
 };
 
 op_result op_hello(engine& e, const json& args) {
@@ -705,16 +734,20 @@ bool event_matches(const events_args& a, const event& ev) {
 
 // -- long ops -------------------------------------------------------------------
 
-bool is_long_op(std::string_view op) {
+op_pace pace_of(std::string_view op) {
   for (auto& entry : ops)
     if (op == entry.name)
-      return entry.long_running;
-  return false;
+      return entry.pace;
+  return op_pace::immediate;
+}
+
+bool is_long_op(std::string_view op) {
+  return pace_of(op) != op_pace::immediate;
 }
 
 caf::error check_long_op_args(const request& req) {
-  if (req.op == "sync_up") {
-    auto id = read_sync_up_args(req.args);
+  if (req.op == "sync_up" || req.op == "sync_state") {
+    auto id = read_id_args(req.args, req.op);
     return id ? caf::error{} : id.error();
   }
   if (req.op == "sync_down") {
@@ -725,11 +758,7 @@ caf::error check_long_op_args(const request& req) {
 }
 
 caf::expected<std::string> read_sync_up_args(const json& args) {
-  arg_reader r{args, "sync_up"};
-  auto id = r.session_id();
-  if (auto err = r.finish())
-    return err;
-  return id;
+  return read_id_args(args, "sync_up");
 }
 
 caf::expected<sync_down_request> read_sync_down_args(const json& args) {
@@ -878,6 +907,16 @@ json to_json(const sync_result& r) {
   j.set("saved_ref", r.saved_ref);
   j.set("branch", r.branch);
   j.set("diffstat", r.diffstat);
+  return j;
+}
+
+json to_json(const sync_status& s) {
+  auto tri = [](int v) { return v < 0 ? json{} : json{v > 0}; };
+  auto j = json::object();
+  j.set("local_changed", tri(s.local_changed));
+  j.set("vm_changed", tri(s.vm_changed));
+  j.set("local_note", s.local_note);
+  j.set("vm_note", s.vm_note);
   return j;
 }
 

@@ -8,7 +8,8 @@
 // where `code` is the name of an `errc`. Streaming ops (`logs` and `events`
 // with `follow`) first send items {"id":N,"ok":true,"more":true,"result":...}
 // and end, if they end, with an ordinary reply. Long ops (`sync_up`,
-// `sync_down`: seconds to minutes) answer like plain ones, but the daemon
+// `sync_down`, `sync_state`: a second to minutes) answer like plain ones,
+// but the daemon
 // runs them off its poll loop, so their reply may come after replies to
 // later requests. docs/protocol.md is the reference; `protocol_version` is
 // the number written there.
@@ -39,7 +40,8 @@ namespace aloft {
 /// The protocol's version. Bumped on any change a client could notice;
 /// additions of ops or optional fields bump it too, so a client can ask.
 //   1: the first version.
-//   2: adds `sync_up` and `sync_down` (long ops) and `sync` events.
+//   2: adds `sync_up`, `sync_down` and `sync_state` (long ops) and `sync`
+//      events.
 constexpr int protocol_version = 2;
 
 /// The longest request line the daemon accepts (without its newline).
@@ -119,9 +121,20 @@ bool event_matches(const events_args& a, const event& ev);
 
 // -- long ops -----------------------------------------------------------------
 
-/// Whether `op` may run for seconds or minutes (`sync_up`, `sync_down`). The
-/// daemon runs these on its worker pool, never on its poll loop; through
-/// `handle_request` (the C ABI) they block the caller for as long as they run.
+/// How long an op may take, which says where the daemon runs it.
+enum class op_pace {
+  immediate, // well under a millisecond: on the poll loop
+  seconds,   // a check that snapshots worktrees (`sync_state`)
+  minutes,   // a transfer (`sync_up`, `sync_down`)
+};
+
+/// The pace of `op`; unknown ops are immediate (they are refused at once).
+op_pace pace_of(std::string_view op);
+
+/// Whether `op` is not immediate. The daemon runs such ops on worker pools
+/// (one per pace, so a check never waits behind a transfer), never on its
+/// poll loop; through `handle_request` (the C ABI) they block the caller
+/// for as long as they run.
 bool is_long_op(std::string_view op);
 
 /// Checks the arguments of a long op without calling the engine, so a bad
@@ -176,5 +189,8 @@ json to_json(const attach_info& a);
 ///  "conflicts", "notes", "saved_ref", "branch", "diffstat"}; the ops add
 /// "id" (and `sync_down` "mode").
 json to_json(const sync_result& r);
+/// {"local_changed", "vm_changed": true, false or null (unknown),
+///  "local_note", "vm_note"}; the op adds "id".
+json to_json(const sync_status& s);
 
 } // namespace aloft

@@ -87,6 +87,8 @@ TEST(cli_parse, every_command_with_its_arguments) {
 
 TEST(cli_parse, sync_commands_and_their_modes) {
   auto id = std::string{"s-0123456789ab"};
+  EXPECT_TRUE(parse({"show", id, "--changes"})->changes);
+  EXPECT_FALSE(parse({"show", id})->changes);
   auto up = parse({"sync-up", id});
   ASSERT_TRUE(up);
   EXPECT_EQ(up->name, "sync-up");
@@ -357,6 +359,27 @@ TEST(cli_format, show_reports_the_sync_state) {
   EXPECT_NE(text.find("synced up:      0123456789ab\n"), std::string::npos) << text;
   EXPECT_NE(text.find("synced down:    fedcba987654\n"), std::string::npos) << text;
   EXPECT_NE(text.find("safety ref:     refs/aloft/safety/s-aaaaaaaaaaaa\n"), std::string::npos)
+    << text;
+  EXPECT_EQ(text.find("local changes"), std::string::npos); // not compared: not shown
+  auto compared = json::object()
+                    .set("session", rec)
+                    .set("sync_state", json::object()
+                                         .set("local_changed", true)
+                                         .set("vm_changed", false)
+                                         .set("local_note", "")
+                                         .set("vm_note", ""));
+  text = format_show(compared, now);
+  EXPECT_NE(text.find("local changes:  yes, since the last sync up\n"), std::string::npos)
+    << text;
+  EXPECT_NE(text.find("agent changes:  none since the last sync\n"), std::string::npos) << text;
+  compared.set("sync_state", json::object()
+                               .set("local_changed", false)
+                               .set("vm_changed", json{})
+                               .set("vm_note", "the VM is not connected"));
+  text = format_show(compared, now);
+  EXPECT_NE(text.find("local changes:  none since the last sync up\n"), std::string::npos)
+    << text;
+  EXPECT_NE(text.find("agent changes:  unknown (the VM is not connected)\n"), std::string::npos)
     << text;
 }
 
@@ -680,6 +703,29 @@ TEST_F(cli_run_test, ls_and_show_in_both_forms) {
   auto show_json = json::parse(run({"show", id, "--json"}).out);
   ASSERT_TRUE(show_json);
   EXPECT_EQ(show_json->find("session")->get_string("id"), id);
+}
+
+TEST_F(cli_run_test, show_compares_the_worktrees_for_people_and_on_request_for_scripts) {
+  auto id = eng.add_session(session_state::running);
+  eng.set_sync_status(sync_status{0, 1, "", ""});
+  auto human = run({"show", id});
+  EXPECT_EQ(human.code, 0) << human.err;
+  EXPECT_NE(human.out.find("agent changes:  yes, not synced down yet"), std::string::npos)
+    << human.out;
+  auto plain_json = json::parse(run({"show", id, "--json"}).out);
+  ASSERT_TRUE(plain_json);
+  EXPECT_EQ(plain_json->find("sync_state"), nullptr); // polling stays cheap
+  auto with = json::parse(run({"show", id, "--json", "--changes"}).out);
+  ASSERT_TRUE(with);
+  ASSERT_NE(with->find("sync_state"), nullptr);
+  EXPECT_TRUE(with->find("sync_state")->find("vm_changed")->as_bool(false));
+  // A comparison that fails is unknown, and show still succeeds.
+  eng.set_sync_status(make_error(errc::failed_precondition, "the session has no VM"));
+  auto failed = run({"show", id});
+  EXPECT_EQ(failed.code, 0) << failed.err;
+  EXPECT_NE(failed.out.find("local changes:  unknown (the session has no VM)"),
+            std::string::npos)
+    << failed.out;
 }
 
 TEST_F(cli_run_test, errors_map_to_exit_codes) {

@@ -497,6 +497,25 @@ TEST_F(daemon_test, a_full_sync_queue_is_refused_at_once) {
   EXPECT_EQ(eng.max_concurrent_syncs(), 1u);
 }
 
+TEST_F(daemon_test, a_sync_state_check_does_not_wait_behind_syncs) {
+  auto id = eng.add_session(session_state::running);
+  eng.hold_syncs();
+  daemon_options opts;
+  opts.worker_threads = 1;
+  running_daemon d{eng, sock, opts};
+  test_client a{sock}, b{sock}, c{sock};
+  a.send("sync_up", json::object().set("id", id), 1);
+  ASSERT_TRUE(eng.wait_for_syncs_started(1));
+  b.send("sync_down", json::object().set("id", id), 2); // waits for the one worker
+  round_trip(b);
+  auto st = c.call("sync_state", json::object().set("id", id), 3);
+  EXPECT_TRUE(st.get_bool("ok")) << st.dump();
+  EXPECT_EQ(st.get_int("id"), 3);
+  eng.release_syncs();
+  EXPECT_TRUE(a.read().get_bool("ok"));
+  EXPECT_TRUE(b.read().get_bool("ok"));
+}
+
 TEST_F(daemon_test, a_client_that_leaves_mid_sync_does_not_hurt_the_daemon) {
   auto id = eng.add_session(session_state::running);
   eng.hold_syncs();

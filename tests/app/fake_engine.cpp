@@ -248,6 +248,18 @@ caf::expected<sync_result> fake_engine::run_sync(const std::string& direction,
   return r;
 }
 
+caf::expected<sync_status> fake_engine::sync_state(const std::string& id) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  if (!sessions_.count(id))
+    return make_error(errc::not_found, "no session " + id);
+  return sync_status_;
+}
+
+void fake_engine::set_sync_status(caf::expected<sync_status> st) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  sync_status_ = std::move(st);
+}
+
 void fake_engine::set_sync_steps(std::vector<sync_step> steps) {
   std::lock_guard<std::mutex> guard{mtx_};
   sync_steps_ = std::move(steps);

@@ -48,6 +48,7 @@ public:
   caf::expected<std::string> log_path(const std::string& id) override;
   caf::expected<sync_result> sync_up(const std::string& id) override;
   caf::expected<sync_result> sync_down(const sync_down_request& req) override;
+  caf::expected<sync_status> sync_state(const std::string& id) override;
   std::vector<event> events(size_t n) override;
   uint64_t subscribe(subscriber fn) override;
   void unsubscribe(uint64_t handle) override;
@@ -94,6 +95,9 @@ public:
   void set_sync_down_result(sync_result r);
   /// The next syncs fail with `err` (after their progress); empty: succeed.
   void set_sync_error(caf::error err);
+  /// What sync_state answers (default: neither side changed); an error
+  /// makes it fail.
+  void set_sync_status(caf::expected<sync_status> st);
   /// Syncs that start from now on wait (after publishing their progress)
   /// until `release_syncs`.
   void hold_syncs();
@@ -133,6 +137,7 @@ private:
   sync_result up_result_;
   sync_result down_result_;
   caf::error sync_error_;
+  caf::expected<sync_status> sync_status_ = sync_status{0, 0, "", ""};
   std::vector<sync_down_request> down_requests_;
 };
 

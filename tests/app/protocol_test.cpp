@@ -218,8 +218,8 @@ TEST_F(protocol_test, show_returns_record_and_next_timer) {
 }
 
 TEST_F(protocol_test, session_ids_are_checked_before_the_engine_sees_them) {
-  for (auto op :
-       {"show", "stop", "destroy", "attach", "log_path", "activity", "sync_up", "sync_down"}) {
+  for (auto op : {"show", "stop", "destroy", "attach", "log_path", "activity", "sync_up",
+                  "sync_down", "sync_state"}) {
     auto missing = call(op);
     EXPECT_EQ(code(missing), "invalid_argument") << op;
     EXPECT_NE(message(missing).find("args.id is required"), std::string::npos) << op;
@@ -487,11 +487,36 @@ TEST_F(protocol_test, sync_errors_from_the_engine_pass_through) {
   EXPECT_EQ(code(call("sync_down", json::object().set("id", id))), "failed_precondition");
 }
 
+TEST_F(protocol_test, sync_state_says_which_side_changed_or_why_it_cannot) {
+  auto id = eng.add_session(session_state::running);
+  eng.set_sync_status(sync_status{1, -1, "", "the VM is not connected"});
+  auto r = call("sync_state", json::object().set("id", id));
+  ASSERT_TRUE(r.get_bool("ok")) << r.dump();
+  EXPECT_EQ(result(r).dump(),
+            R"({"local_changed":true,"vm_changed":null,"local_note":"",)"
+            R"("vm_note":"the VM is not connected","id":")" + id + "\"}");
+  eng.set_sync_status(sync_status{0, 1, "", ""});
+  auto both = result(call("sync_state", json::object().set("id", id)));
+  EXPECT_FALSE(both.find("local_changed")->as_bool(true));
+  EXPECT_TRUE(both.find("vm_changed")->as_bool(false));
+  EXPECT_EQ(code(call("sync_state", json::object().set("id", "s-000000000000"))), "not_found");
+  auto extra = call("sync_state", json::object().set("id", id).set("deep", true));
+  EXPECT_NE(message(extra).find("sync_state: unknown argument \"deep\""), std::string::npos);
+  eng.set_sync_status(make_error(errc::unimplemented, "this engine cannot compare"));
+  EXPECT_EQ(code(call("sync_state", json::object().set("id", id))), "unimplemented");
+}
+
 TEST_F(protocol_test, only_syncs_are_long_ops) {
   EXPECT_TRUE(is_long_op("sync_up"));
   EXPECT_TRUE(is_long_op("sync_down"));
-  for (auto op : {"hello", "list", "show", "logs", "events", "launch", "nope", ""})
+  EXPECT_TRUE(is_long_op("sync_state"));
+  EXPECT_EQ(pace_of("sync_up"), op_pace::minutes);
+  EXPECT_EQ(pace_of("sync_down"), op_pace::minutes);
+  EXPECT_EQ(pace_of("sync_state"), op_pace::seconds);
+  for (auto op : {"hello", "list", "show", "logs", "events", "launch", "nope", ""}) {
     EXPECT_FALSE(is_long_op(op)) << op;
+    EXPECT_EQ(pace_of(op), op_pace::immediate) << op;
+  }
   request req;
   req.op = "sync_down";
   req.args = json::object().set("id", "s-000000000000").set("mode", "sideways");
@@ -500,6 +525,11 @@ TEST_F(protocol_test, only_syncs_are_long_ops) {
   EXPECT_FALSE(check_long_op_args(req));
   req.op = "sync_up";
   EXPECT_FALSE(check_long_op_args(req));
+  req.op = "sync_state";
+  EXPECT_FALSE(check_long_op_args(req));
+  req.args = json::object();
+  EXPECT_EQ(message_of(check_long_op_args(req)),
+            "sync_state: args.id is required (a session id like s-3f9a0c1d2e4b)");
   req.op = "list";
   EXPECT_EQ(code_of(check_long_op_args(req)), errc::unimplemented);
 }
