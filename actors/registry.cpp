@@ -233,7 +233,7 @@ private:
 
   void publish(event e) {
     e.at_ms = session_env_->clock->now_ms();
-    if (e.kind != "output") {
+    if (e.kind != "output" && !e.transient) {
       e.seq = env_.next_event_seq++;
       write_batch batch;
       batch.push_back({family::events, event_key(e.seq), to_json(e).dump()});

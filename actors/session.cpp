@@ -757,7 +757,14 @@ private:
             else
               rec_.synced_down = out.commit;
           }
-          persist([=]() mutable { done(std::move(out)); });
+          persist([=]() mutable {
+            // The event carries the record, so listings see the new snapshots.
+            if (!out.commit.empty())
+              publish("sync", std::string{up ? "synced up " : safety ? "saved to " + out.ref + ": "
+                                                                   : "synced down "}
+                                + out.commit.substr(0, 12));
+            done(std::move(out));
+          });
         },
         [=](caf::error& err) {
           sync_in_flight_ = false;
@@ -776,6 +783,10 @@ private:
   // Compares both sides with the last snapshots: the local worktree on the
   // executor, the VM's worktree through the transport (nothing is kept).
   caf::result<sync_state> sync_state_of() {
+    // A snapshot of the worktree must not race an apply writing into it.
+    if (sync_in_flight_)
+      return make_error(errc::unavailable,
+                        "a sync of session " + rec_.id + " is running; ask again when it ends");
     sync_state none;
     if (rec_.synced_up.empty()) {
       none.local_note = none.vm_note = "never synced up";

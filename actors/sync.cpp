@@ -195,7 +195,7 @@ private:
   void on_down_received(std::shared_ptr<std::string> buf, const std::string& err_text,
                         bool over, const caf::error& err, int code) {
     if (over) {
-      finish(make_error(errc::resource_exhausted,
+      finish(make_error(errc::failed_precondition,
                         "the VM sent more than max_download_bytes ("
                           + human_bytes(job_.limits.max_download_bytes)
                           + "); nothing was written locally"));
@@ -301,6 +301,8 @@ private:
     j.set("done", static_cast<long long>(done));
     j.set("total", static_cast<long long>(total));
     e.data = j.dump();
+    // Progress is for whoever watches now; only the end goes to the journal.
+    e.transient = phase != "done";
     send(registry_, publish_atom::value, std::move(e));
   }
 

@@ -1,7 +1,8 @@
 // The event published on every change a client may care about.
 //
 // Events go to subscribers (the daemon's `events -f`, the desktop UI) and,
-// except for agent output, into the store's events journal.
+// unless transient (agent output, sync progress), into the store's events
+// journal.
 //
 // Kinds:
 //   state     - a session changed state (`state` holds the new one)
@@ -12,6 +13,8 @@
 //               auto-destroy off
 //   reconcile - an unowned VM was found and destroyed, or a VM adopted
 //   quarantine - a stored record could not be read and was set aside
+//   sync      - a sync job's progress (`data` holds JSON: direction, phase,
+//               done, total) and its end
 //   error     - something failed that a person should see
 //
 // Key layout in the `events` family: 16 hex digits of `seq`, big-endian, so
@@ -34,6 +37,7 @@ struct event {
   std::string message;
   std::string data;
   uint64_t offset = 0; // output events: where `data` starts in the agent's log
+  bool transient = false; // for subscribers only, not journaled
 };
 
 json to_json(const event& e);

@@ -295,7 +295,7 @@ caf::error check_entries(const std::vector<tree_entry>& entries,
                          const std::map<std::string, std::string>& symlink_targets,
                          const limits& lim, const std::vector<bool>* selected) {
   if (entries.size() > lim.max_files)
-    return make_error(errc::resource_exhausted, "the VM's tree has more than "
+    return make_error(errc::failed_precondition, "the VM's tree has more than "
                                                     + std::to_string(lim.max_files)
                                                     + " files (setting max_files)");
   std::set<std::string> links;
@@ -329,14 +329,14 @@ caf::error check_entries(const std::vector<tree_entry>& entries,
     }
     }
     if (e.size > lim.max_file_bytes)
-      return make_error(errc::resource_exhausted,
+      return make_error(errc::failed_precondition,
                         "refused " + printable(e.path)
                             + " from the VM: " + format_bytes(e.size)
                             + ", over the limit of " + format_bytes(lim.max_file_bytes)
                             + " (setting max_file_bytes)");
     total += e.size;
     if (total > lim.max_tree_bytes)
-      return make_error(errc::resource_exhausted, "the VM's tree is over "
+      return make_error(errc::failed_precondition, "the VM's tree is over "
                                                       + format_bytes(lim.max_tree_bytes)
                                                       + " (setting max_tree_bytes)");
     if (e.mode == mode_symlink) {
@@ -579,7 +579,7 @@ caf::expected<std::vector<tree_entry>> list_tree(const std::string& repo,
     args.insert(args.begin() + 2, "-l");
   auto r = run_git(repo, args, call);
   if (too_many)
-    return make_error(errc::resource_exhausted,
+    return make_error(errc::failed_precondition,
                       "the tree of " + commit + " has more than "
                           + std::to_string(max_entries) + " files (setting max_files)");
   if (!parse_error.empty())
@@ -1143,7 +1143,7 @@ caf::error check_upload_size(const tree_stats& stats, const limits& lim) {
     msg += (shown > 1 ? ", " : " ") + printable(path) + " (" + format_bytes(size) + ")";
   }
   msg += ". Ignore what should not go (.gitignore) or raise the setting max_upload_bytes";
-  return make_error(errc::resource_exhausted, std::move(msg));
+  return make_error(errc::failed_precondition, std::move(msg));
 }
 
 caf::expected<std::string> make_pack(const std::string& repo, const std::string& want,
@@ -1274,7 +1274,7 @@ caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack
                                   const limits& lim) {
   if (pack.size() > lim.max_download_bytes)
     return make_error(
-        errc::resource_exhausted,
+        errc::failed_precondition,
         "the VM's pack is " + format_bytes(pack.size()) + ", over the download limit of "
             + format_bytes(lim.max_download_bytes) + " (setting max_download_bytes)");
   if (auto err = check_oid(commit, "receive: commit"))

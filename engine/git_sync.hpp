@@ -90,7 +90,8 @@ caf::expected<std::string> tree_of(const std::string& repo, const std::string& c
 caf::error update_ref(const std::string& repo, const std::string& ref,
                       const std::string& commit);
 
-/// Errors with `resource_exhausted` when `stats` exceed the upload limit,
+/// Errors with `failed_precondition` (not retryable: the tree must shrink
+/// or the limit rise) when `stats` exceed the upload limit,
 /// naming the largest paths and the setting to change.
 caf::error check_upload_size(const tree_stats& stats, const limits& lim);
 

@@ -223,6 +223,8 @@ TEST_F(sync_e2e, sync_down_applies_the_agents_changes_and_keeps_local_edits) {
   EXPECT_EQ(read_file(wt_ + "/untracked.txt"), "edited locally\n") << "a local edit was lost";
   ASSERT_FALSE(r->saved_ref.empty());
   EXPECT_NE(git("show " + r->saved_ref + ":untracked.txt"), "") << "local state not saved";
+  // The listing (the registry's snapshot) sees the new snapshot at once.
+  EXPECT_EQ(engine_->show(rec.id)->record.synced_down, r->commit);
 }
 
 TEST_F(sync_e2e, a_conflict_is_listed_and_both_versions_are_kept) {

@@ -163,14 +163,14 @@ TEST_F(git_sync_hostile, sizes_over_the_limits) {
   sync::limits lim;
   lim.max_file_bytes = 1000;
   expect_refused(tree({{"100644", "big.bin", blob(std::string(2000, 'b'))}}),
-                 {"'big.bin'", "max_file_bytes"}, lim, errc::resource_exhausted);
+                 {"'big.bin'", "max_file_bytes"}, lim, errc::failed_precondition);
 
   lim = {};
   lim.max_files = 5;
   std::vector<raw_entry> many;
   for (int i = 0; i < 10; ++i)
     many.push_back({"100644", "f" + std::to_string(i), file()});
-  expect_refused(tree(many), {"max_files"}, lim, errc::resource_exhausted);
+  expect_refused(tree(many), {"max_files"}, lim, errc::failed_precondition);
 
   // A tree that names itself over and over: 10,000 paths from a few objects.
   auto t0 = tree({{"100644", "f", file()}});
@@ -182,10 +182,10 @@ TEST_F(git_sync_hostile, sizes_over_the_limits) {
     e.oid = t1;
   lim = {};
   lim.max_files = 1000;
-  expect_refused(tree(level), {"more than 1000"}, lim, errc::resource_exhausted);
+  expect_refused(tree(level), {"more than 1000"}, lim, errc::failed_precondition);
   lim = {};
   lim.max_tree_bytes = 1000;
-  expect_refused(tree(level), {"max_tree_bytes"}, lim, errc::resource_exhausted);
+  expect_refused(tree(level), {"max_tree_bytes"}, lim, errc::failed_precondition);
 }
 
 TEST_F(git_sync_hostile, packs_that_are_too_big_broken_or_off_base) {
@@ -197,7 +197,7 @@ TEST_F(git_sync_hostile, packs_that_are_too_big_broken_or_off_base) {
   sync::limits lim;
   lim.max_download_bytes = pack.size() - 1;
   auto err = sync::receive_untrusted_pack(local, pack, c, base, lim);
-  EXPECT_EQ(code_of(err), errc::resource_exhausted);
+  EXPECT_EQ(code_of(err), errc::failed_precondition);
   EXPECT_NE(message_of(err).find("max_download_bytes"), std::string::npos);
 
   auto broken = pack;

@@ -171,7 +171,7 @@ TEST_F(git_sync_snapshot, the_upload_limit_names_the_largest_paths_and_the_setti
   lim.max_upload_bytes = 100000;
   auto err = sync::check_upload_size(*stats, lim);
   ASSERT_TRUE(err);
-  EXPECT_EQ(code_of(err), errc::resource_exhausted);
+  EXPECT_EQ(code_of(err), errc::failed_precondition);
   auto msg = message_of(err);
   EXPECT_NE(msg.find("data/huge.bin"), std::string::npos) << msg;
   EXPECT_LT(msg.find("data/huge.bin"), msg.find("data/big.bin")) << msg;
