@@ -537,6 +537,32 @@ caf::expected<std::string> absolute_worktree(const std::string& given) {
   return std::string{resolved};
 }
 
+
+// Sends the command's streaming request and hands every reply's result to
+// `on_item` (with whether more follow) until the stream ends; `--json`
+// prints each result as it is instead.
+template <class OnItem>
+int stream_replies(client_context& ctx, connection& conn, OnItem on_item) {
+  if (auto err = conn.send(request_for(ctx.cmd, ctx.next_id++)))
+    return ctx.fail(err);
+  for (;;) {
+    auto reply = conn.next(-1);
+    if (!reply)
+      return ctx.fail(reply.error());
+    if (!reply->get_bool("ok"))
+      return ctx.fail(error_from_reply(*reply));
+    auto result = reply->find("result");
+    json item = result ? *result : json::object();
+    bool more = reply->get_bool("more");
+    if (ctx.cmd.json)
+      ctx.print_json(item);
+    else
+      on_item(item, more);
+    if (!more)
+      return exit_codes::ok;
+  }
+}
+
 int run_logs(client_context& ctx, connection& conn) {
   auto& cmd = ctx.cmd;
   if (!cmd.follow) {
@@ -561,27 +587,12 @@ int run_logs(client_context& ctx, connection& conn) {
     ctx.out << std::flush;
     return exit_codes::ok;
   }
-  if (auto err = conn.send(request_for(cmd, ctx.next_id++)))
-    return ctx.fail(err);
-  for (;;) {
-    auto reply = conn.next(-1);
-    if (!reply)
-      return ctx.fail(reply.error());
-    if (!reply->get_bool("ok"))
-      return ctx.fail(error_from_reply(*reply));
-    auto result = reply->find("result");
-    json item = result ? *result : json::object();
-    if (cmd.json)
-      ctx.print_json(item);
-    else if (reply->get_bool("more"))
+  return stream_replies(ctx, conn, [&](const json& item, bool more) {
+    if (more)
       ctx.out << item.get_string("data") << std::flush;
-    if (!reply->get_bool("more")) {
-      if (!cmd.json)
-        ctx.err << "aloft: " << printable(item.get_string("end", "stream ended"))
-                << "\n";
-      return exit_codes::ok;
-    }
-  }
+    else
+      ctx.err << "aloft: " << printable(item.get_string("end", "stream ended")) << "\n";
+  });
 }
 
 int run_events(client_context& ctx, connection& conn) {
@@ -599,23 +610,10 @@ int run_events(client_context& ctx, connection& conn) {
     ctx.out << std::flush;
     return exit_codes::ok;
   }
-  if (auto err = conn.send(request_for(cmd, ctx.next_id++)))
-    return ctx.fail(err);
-  for (;;) {
-    auto reply = conn.next(-1);
-    if (!reply)
-      return ctx.fail(reply.error());
-    if (!reply->get_bool("ok"))
-      return ctx.fail(error_from_reply(*reply));
-    auto result = reply->find("result");
-    json item = result ? *result : json::object();
-    if (cmd.json)
-      ctx.print_json(item);
-    else if (reply->get_bool("more"))
+  return stream_replies(ctx, conn, [&](const json& item, bool more) {
+    if (more)
       ctx.out << format_event(item) << std::flush;
-    if (!reply->get_bool("more"))
-      return exit_codes::ok;
-  }
+  });
 }
 
 int run_attach(client_context& ctx, connection& conn) {
