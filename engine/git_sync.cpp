@@ -1596,6 +1596,11 @@ std::string vm_receive_command(const std::string& workdir, const std::string& co
          "g cat-file -e \"$C^{commit}\" || fail \"the pack did not hold commit $C\"\n"
          "if [ -z \"$B\" ]; then\n"
          "  g checkout -q -f --detach \"$C\" || fail \"git checkout failed in $W\"\n"
+         // Files written in the same second as the index are "racily clean"
+         // and git re-reads every one of them until the index is written
+         // again later: rewrite it once that second has passed, in the
+         // background, so the next sync does not pay for the whole tree.
+         "  ( sleep 2; g update-index -q --refresh ) > /dev/null 2>&1 < /dev/null &\n"
          "else\n"
          // A two-tree merge keeps the agent's own changes and refuses, before
          // writing anything, when they touch what changed upstream.
