@@ -713,6 +713,10 @@ private:
     job.worktree = rec_.worktree;
     job.workdir = rec_.workdir;
     job.base = rec_.synced_up;
+    // After a sync down the VM's worktree matches that snapshot, not the
+    // last one sent up.
+    if (rec_.vm_synced_down)
+      job.vm_now = rec_.synced_down;
     job.mode = mode;
     job.branch = branch;
     return job;
@@ -743,6 +747,7 @@ private:
     activity("sync");
     auto up = job.up;
     auto safety = job.safety;
+    auto mode = job.mode;
     auto s = spawn_sync(system(), std::move(job), shell(), env_->blocking, env_->registry);
     request(s, caf::infinite, sync_atom::value)
       .then(
@@ -750,12 +755,21 @@ private:
           sync_in_flight_ = false;
           activity("sync");
           if (!out.commit.empty()) {
-            if (up)
+            if (up) {
               rec_.synced_up = out.commit;
-            else if (safety)
+              rec_.vm_synced_down = false;
+            } else if (safety) {
               rec_.safety_ref = out.ref;
-            else
+            } else {
               rec_.synced_down = out.commit;
+              // Only a clean apply puts the agent's changes in the local
+              // worktree, so that later snapshots hold them: then the VM may
+              // start the next update from its own snapshot. Otherwise (a
+              // branch, a dry run, conflicts) it must keep treating the
+              // agent's changes as its own, or an update would revert them.
+              rec_.vm_synced_down = mode == sync::apply_mode::apply
+                                    && out.applied.conflicts.empty();
+            }
           }
           persist([=]() mutable {
             // The event carries the record, so listings see the new snapshots.

@@ -118,6 +118,8 @@ private:
     std::vector<std::string> have;
     if (!job.base.empty())
       have.push_back(job.base);
+    if (!job.vm_now.empty())
+      have.push_back(job.vm_now);
     auto pack = sync::make_pack(*repo, snap->commit, have);
     if (!pack)
       return annotate(pack.error(), "pack of " + snap->commit);
@@ -136,7 +138,7 @@ private:
                        + " files in the snapshot)",
              0, total);
     auto cmd = sync::vm_prepare_command(job_.workdir) + "\n"
-               + sync::vm_receive_command(job_.workdir, out.commit, job_.base);
+               + sync::vm_receive_command(job_.workdir, out.commit, job_.base, job_.vm_now);
     auto self_handle = caf::actor_cast<caf::actor>(this);
     auto result = std::make_shared<sync_outcome>(std::move(out));
     start_bytes_ = shell_->bytes_out();

@@ -39,6 +39,7 @@ struct sync_job {
   std::string worktree; // local
   std::string workdir;  // on the VM
   std::string base;     // the last synced-up snapshot ("" before the first)
+  std::string vm_now;   // up: the VM's snapshot its worktree matched, if newer
   sync::apply_mode mode = sync::apply_mode::apply;
   std::string branch;
   sync::limits limits;

@@ -1582,10 +1582,10 @@ std::string vm_prepare_command(const std::string& workdir) {
 }
 
 std::string vm_receive_command(const std::string& workdir, const std::string& commit,
-                               const std::string& base) {
+                               const std::string& base, const std::string& vm_now) {
   std::ostringstream cmd;
   cmd << "W=" << shell_quote(workdir) << "; C=" << shell_quote(commit)
-      << "; B=" << shell_quote(base) << "\n"
+      << "; B=" << shell_quote(base) << "; N=" << shell_quote(vm_now) << "\n"
       << vm_preamble()
       << "cd \"$W\" 2> /dev/null || fail \"the VM worktree $W is missing\"\n"
          "[ -d .git ] || fail \"the VM worktree $W is not a git repository\"\n"
@@ -1604,7 +1604,17 @@ std::string vm_receive_command(const std::string& workdir, const std::string& co
          "else\n"
          // A two-tree merge keeps the agent's own changes and refuses, before
          // writing anything, when they touch what changed upstream.
-         "  g read-tree -m -u \"$B\" \"$C\" || fail \"the new snapshot conflicts with "
+         // After a sync down the worktree matches the VM's own snapshot N,
+         // not B: start the two-tree merge from N, so the agent's changes
+         // that came home are not taken for untracked files in the way.
+         "  F=\"$B\"\n"
+         "  if [ -n \"$N\" ] && [ \"$N\" != \"$B\" ]; then\n"
+         "    g cat-file -e \"$N^{commit}\" 2> /dev/null || fail \"the VM repository lacks "
+         "its snapshot $N\"\n"
+         "    g read-tree \"$N\" || fail \"git read-tree failed\"\n"
+         "    F=\"$N\"\n"
+         "  fi\n"
+         "  g read-tree -m -u \"$F\" \"$C\" || fail \"the new snapshot conflicts with "
          "the "
          "agent's changes on the VM; nothing was changed there\"\n"
          "  g update-ref -m 'aloft: sync up' HEAD \"$C\" \"$B\" 2> /dev/null || :\n"

@@ -187,8 +187,10 @@ std::string vm_prepare_command(const std::string& workdir);
 /// with `base` empty a fresh checkout; else a two-tree update from `base`
 /// that keeps the agent's own changes and fails on a conflict. Records
 /// `commit` as the VM's base ref.
+/// `vm_now`, when not empty, is the VM's own snapshot its worktree matched at
+/// the last sync (a sync down after `base`): the update then starts from it.
 std::string vm_receive_command(const std::string& workdir, const std::string& commit,
-                               const std::string& base);
+                               const std::string& base, const std::string& vm_now = {});
 
 /// Snapshots the agent's worktree (temporary index; the agent's index and
 /// branches untouched) as a commit whose parent is `base` and writes to

@@ -96,6 +96,7 @@ json to_json(const session_record& r) {
   j.set("last_activity_at", r.last_activity_at);
   j.set("synced_up", r.synced_up);
   j.set("synced_down", r.synced_down);
+  j.set("vm_synced_down", r.vm_synced_down);
   j.set("safety_ref", r.safety_ref);
   j.set("reason", r.reason);
   j.set("transitions", static_cast<long long>(r.transitions));
@@ -158,6 +159,7 @@ caf::expected<session_record> session_record_from_json(const json& j) {
   r.reason = j.get_string("reason");
   r.synced_up = j.get_string("synced_up");
   r.synced_down = j.get_string("synced_down");
+  r.vm_synced_down = j.get_bool("vm_synced_down", false);
   r.safety_ref = j.get_string("safety_ref");
   r.transitions = static_cast<uint64_t>(j.get_int("transitions"));
   return r;

@@ -18,8 +18,8 @@
 //   v2: adds auto_destroy, last_activity, last_activity_at, reason,
 //       transitions, hard_warned, agent_status, exit_code. A v1 record reads
 //       with auto_destroy = true and agent_status derived from exit_code.
-//   v3: adds synced_up, synced_down, safety_ref (sync). Older records read
-//       with them empty.
+//   v3: adds synced_up, synced_down, vm_synced_down, safety_ref (sync).
+//       Older records read with them empty.
 #pragma once
 
 #include <cstdint>
@@ -103,6 +103,7 @@ struct session_record {
   // before a timed destroy.
   std::string synced_up;
   std::string synced_down;
+  bool vm_synced_down = false; // the last sync was down: the VM matches synced_down
   std::string safety_ref;
 
   std::string reason; // why failed/lost/destroyed

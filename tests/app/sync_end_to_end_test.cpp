@@ -248,6 +248,13 @@ TEST_F(sync_e2e, sync_down_to_a_branch_leaves_the_worktree_alone) {
   EXPECT_EQ(tree_of(wt_), before);
   EXPECT_EQ(git("show agent-work:feature.txt"), "feature\n");
   EXPECT_NE(git("log -1 --format=%s agent-work").find(rec.id), std::string::npos);
+  // A later sync up must not revert the agent's work on the VM: the local
+  // worktree never received it.
+  write_file(wt_ + "/mine.txt", "mine\n");
+  auto up = engine_->sync_up(rec.id);
+  ASSERT_TRUE(up) << describe(up.error());
+  EXPECT_EQ(read_file(rec.workdir + "/feature.txt"), "feature\n");
+  EXPECT_EQ(read_file(rec.workdir + "/mine.txt"), "mine\n");
 }
 
 TEST_F(sync_e2e, a_vm_whose_repository_is_gone_is_an_error_and_nothing_local_changes) {
@@ -279,6 +286,28 @@ TEST_F(sync_e2e, idle_destroy_saves_the_agents_work_to_the_safety_ref_first) {
             "work before the timeout\n");
   EXPECT_FALSE(::access((wt_ + "/saved.txt").c_str(), F_OK) == 0)
     << "a safety sync must never write the worktree";
+}
+
+// A sync run again (say after a disconnect cut the first short) lands in the
+// same state: nothing is applied twice, nothing is lost.
+TEST_F(sync_e2e, running_a_sync_again_gives_the_same_result) {
+  auto rec = launch();
+  write_file(rec.workdir + "/agent.txt", "from the agent\n");
+  auto first = engine_->sync_down({rec.id, sync_down_mode::apply, {}});
+  ASSERT_TRUE(first) << describe(first.error());
+  auto after_first = tree_of(wt_);
+  auto second = engine_->sync_down({rec.id, sync_down_mode::apply, {}});
+  ASSERT_TRUE(second) << describe(second.error());
+  EXPECT_TRUE(second->conflicts.empty());
+  EXPECT_EQ(tree_of(wt_), after_first);
+  EXPECT_EQ(read_file(wt_ + "/agent.txt"), "from the agent\n");
+  write_file(wt_ + "/local.txt", "local\n");
+  ASSERT_TRUE(engine_->sync_up(rec.id));
+  auto vm_after_first = tree_of(rec.workdir);
+  auto again = engine_->sync_up(rec.id);
+  ASSERT_TRUE(again) << describe(again.error());
+  EXPECT_EQ(tree_of(rec.workdir), vm_after_first);
+  EXPECT_EQ(read_file(rec.workdir + "/local.txt"), "local\n");
 }
 
 TEST_F(sync_e2e, sync_state_tells_which_side_moved) {
