@@ -26,7 +26,7 @@
 #include <unistd.h>
 #include <vector>
 
-#include "bench/fake_provider.hpp"
+#include "providers/fake/fake_provider.hpp"
 #include "engine/app/engine_impl.hpp"
 #include "engine/base/error.hpp"
 #include "engine/base/json.hpp"

@@ -364,6 +364,7 @@ struct sandbox {
   std::string log() const { return path("sshd.log"); }
   std::string work() const { return path("work"); }
   std::string agent_dir() const { return path("aloft"); }
+  std::string home() const { return path("home"); }
   std::string creating() const { return path("creating"); }
 };
 
@@ -428,7 +429,11 @@ std::string sshd_config_text(const sandbox& sb, uint16_t port, const std::string
       << "PrintMotd no\n"
       << "PrintLastLog no\n"
       << "X11Forwarding no\n"
-      << "SetEnv " << sandbox_env << "=" << quoted(sb.dir) << "\n"
+      // The VM has a home of its own: logins read its (empty) startup files,
+      // not the host user's, which may be slow or take locks (a login shell
+      // killed mid-way could then hang every later one).
+      << "SetEnv " << sandbox_env << "=" << quoted(sb.dir) << " HOME=" << quoted(sb.home())
+      << "\n"
       << "Subsystem sftp internal-sftp\n"
       << "LogLevel ERROR\n";
   return out.str();
@@ -652,7 +657,7 @@ public:
   }
 
   caf::error start_vm(const sandbox& sb, const std::string& vm_id, const vm_request& req) {
-    for (auto dir : {sb.work(), sb.agent_dir()})
+    for (auto dir : {sb.work(), sb.agent_dir(), sb.home()})
       if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
         return from_errno(errno, "cannot create " + dir);
     auto host_key = req.host_private_key;

@@ -21,7 +21,7 @@
 #include "engine/base/json.hpp"
 #include "engine/session_record.hpp"
 #include "persistence/store.hpp"
-#include "tests/support/fake_provider.hpp"
+#include "providers/fake/fake_provider.hpp"
 #include "tests/support/local_vm.hpp"
 
 namespace aloft {
@@ -279,7 +279,7 @@ TEST(end_to_end, a_corrupt_record_is_quarantined_and_the_others_load) {
   account acct;
   acct.name = "fake";
   acct.provider = "fake";
-  ov.accounts.emplace_back(acct, std::make_shared<testing::fake_provider>());
+  ov.accounts.emplace_back(acct, std::make_shared<fake_provider>());
   ov.no_agent = true;
   auto e = open_engine_with(opts, ov);
   ASSERT_TRUE(e);

@@ -31,14 +31,26 @@ std::future<answer> run(resident_shell& shell, std::string script, std::string i
   return f;
 }
 
-TEST(resident_shell, runs_scripts_in_order_over_one_channel) {
-  test::temp_dir root;
-  auto vm = test::local_vm::start(root.path());
-  ASSERT_TRUE(vm) << describe(vm.error());
-  ssh_io_loop loop;
-  auto t = test::connect(loop, (*vm)->endpoint());
-  ASSERT_TRUE(t) << describe(t.error());
-  auto shell = resident_shell::start(*t, 1 << 20);
+// A local VM and an open transport to it for each test.
+class resident_shell_test : public ::testing::Test {
+protected:
+  void SetUp() override {
+    auto vm = test::local_vm::start(root_.path());
+    ASSERT_TRUE(vm) << describe(vm.error());
+    vm_ = std::move(*vm);
+    auto t = test::connect(loop_, vm_->endpoint());
+    ASSERT_TRUE(t) << describe(t.error());
+    transport_ = *t;
+  }
+
+  test::temp_dir root_;
+  std::unique_ptr<test::local_vm> vm_;
+  ssh_io_loop loop_;
+  std::shared_ptr<transport> transport_;
+};
+
+TEST_F(resident_shell_test, runs_scripts_in_order_over_one_channel) {
+  auto shell = resident_shell::start(transport_, 1 << 20);
   // Pipelined: all three are on the wire before the first answer.
   auto a = run(*shell, "echo one; echo oops >&2; exit 3");
   auto b = run(*shell, "cat; printf 'tail'", std::string("binary\0input\n", 13));
@@ -61,14 +73,8 @@ TEST(resident_shell, runs_scripts_in_order_over_one_channel) {
   EXPECT_EQ(e.out, "still in step\n");
 }
 
-TEST(resident_shell, an_oversized_answer_fails_the_request_and_the_shell) {
-  test::temp_dir root;
-  auto vm = test::local_vm::start(root.path());
-  ASSERT_TRUE(vm);
-  ssh_io_loop loop;
-  auto t = test::connect(loop, (*vm)->endpoint());
-  ASSERT_TRUE(t);
-  auto shell = resident_shell::start(*t, 1000);
+TEST_F(resident_shell_test, an_oversized_answer_fails_the_request_and_the_shell) {
+  auto shell = resident_shell::start(transport_, 1000);
   auto a = run(*shell, "head -c 5000 /dev/zero").get();
   EXPECT_TRUE(a.err);
   EXPECT_FALSE(shell->alive());
@@ -76,14 +82,8 @@ TEST(resident_shell, an_oversized_answer_fails_the_request_and_the_shell) {
   EXPECT_TRUE(b.err) << "a dead shell must refuse work, not hang";
 }
 
-TEST(resident_shell, closing_fails_what_is_pending) {
-  test::temp_dir root;
-  auto vm = test::local_vm::start(root.path());
-  ASSERT_TRUE(vm);
-  ssh_io_loop loop;
-  auto t = test::connect(loop, (*vm)->endpoint());
-  ASSERT_TRUE(t);
-  auto shell = resident_shell::start(*t, 1 << 20);
+TEST_F(resident_shell_test, closing_fails_what_is_pending) {
+  auto shell = resident_shell::start(transport_, 1 << 20);
   auto a = run(*shell, "sleep 30");
   shell->close();
   auto r = a.get();

@@ -21,7 +21,7 @@
 #include "engine/clock.hpp"
 #include "engine/executor.hpp"
 #include "persistence/store.hpp"
-#include "tests/support/fake_provider.hpp"
+#include "providers/fake/fake_provider.hpp"
 
 namespace aloft::testing {
 

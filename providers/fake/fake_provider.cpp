@@ -1,17 +1,29 @@
-#include "tests/support/fake_provider.hpp"
+#include "providers/fake/fake_provider.hpp"
 
 #include "engine/base/error.hpp"
 
-namespace aloft::testing {
+namespace aloft {
+
+bool fake_provider::should_fail() {
+  if (failure_rate_ <= 0)
+    return false;
+  std::uniform_real_distribution<double> d{0, 1};
+  return d(rng_) < failure_rate_;
+}
 
 void fake_provider::create(const vm_request& req, callback<vm_info> done) {
   if (frozen)
     return;
+  ++calls_;
   vm_info vm;
   {
     std::lock_guard<std::mutex> guard{mtx_};
     if (fail_create) {
       done(fail_create);
+      return;
+    }
+    if (should_fail()) {
+      done(make_error(errc::unavailable, "injected failure"));
       return;
     }
     ++creates_;
@@ -43,6 +55,7 @@ void fake_provider::wait_ready(const std::string& vm_id, callback<vm_info> done)
 void fake_provider::get(const std::string& vm_id, callback<vm_info> done) {
   if (frozen)
     return;
+  ++calls_;
   vm_info vm;
   {
     std::lock_guard<std::mutex> guard{mtx_};
@@ -61,6 +74,7 @@ void fake_provider::list(const std::string& installation_id,
                          callback<std::vector<vm_info>> done) {
   if (frozen)
     return;
+  ++calls_;
   std::vector<vm_info> out;
   {
     std::lock_guard<std::mutex> guard{mtx_};
@@ -74,6 +88,7 @@ void fake_provider::list(const std::string& installation_id,
 void fake_provider::destroy(const std::string& vm_id, done_callback done) {
   if (frozen)
     return;
+  ++calls_;
   {
     std::lock_guard<std::mutex> guard{mtx_};
     vms_.erase(vm_id);
@@ -111,4 +126,4 @@ size_t fake_provider::creates() const {
   return creates_;
 }
 
-} // namespace aloft::testing
+} // namespace aloft

@@ -1,24 +1,29 @@
-// A scripted in-memory provider for actor and engine tests.
+// An in-process provider for tests and the bench harness.
 //
 // It keeps real state (VMs with tags), completes calls inline on the
 // caller's thread (so tests on the deterministic scheduler stay
-// deterministic), and can simulate a crash window: with `swallow_create` the
-// VM is created but the reply never arrives; with `swallow_destroy` the VM is
-// destroyed but the reply never arrives. Thread-safe.
+// deterministic), fails a configurable share of creates as `unavailable`
+// (so retries are exercised), and can simulate a crash window: with
+// `swallow_create` the VM is created but the reply never arrives; with
+// `swallow_destroy` the VM is destroyed but the reply never arrives.
+// Thread-safe.
 #pragma once
 
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "providers/provider.hpp"
 
-namespace aloft::testing {
+namespace aloft {
 
 class fake_provider final : public provider {
 public:
+  explicit fake_provider(double failure_rate = 0.0) : failure_rate_(failure_rate) {}
+
   std::string kind() const override { return "fake"; }
   void create(const vm_request& req, callback<vm_info> done) override;
   void wait_ready(const std::string& vm_id, callback<vm_info> done) override;
@@ -34,6 +39,8 @@ public:
   size_t vm_count() const;
   std::vector<vm_info> vms() const;
   size_t creates() const;
+  /// Every call made, for rate figures.
+  uint64_t calls() const { return calls_; }
 
   bool swallow_create = false;
   /// While frozen every call is dropped unanswered (the engine "crashed").
@@ -42,10 +49,15 @@ public:
   caf::error fail_create;
 
 private:
+  bool should_fail(); // REQUIRES: mtx_ held
+
+  double failure_rate_;
+  std::mt19937 rng_{42};
+  std::atomic<uint64_t> calls_{0};
   mutable std::mutex mtx_;
   std::map<std::string, vm_info> vms_;
   size_t creates_ = 0;
   size_t next_ = 0;
 };
 
-} // namespace aloft::testing
+} // namespace aloft
