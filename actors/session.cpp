@@ -744,7 +744,9 @@ private:
 
   void start_sync(sync_job job, std::function<void(caf::expected<sync_outcome>)> done) {
     sync_in_flight_ = true;
-    activity("sync");
+    // A safety sync is the engine's own doing on the way out, not activity.
+    if (!job.safety)
+      activity("sync");
     auto up = job.up;
     auto safety = job.safety;
     auto mode = job.mode;
@@ -753,7 +755,8 @@ private:
       .then(
         [=](sync_outcome& out) {
           sync_in_flight_ = false;
-          activity("sync");
+          if (!safety)
+            activity("sync");
           if (!out.commit.empty()) {
             if (up) {
               rec_.synced_up = out.commit;

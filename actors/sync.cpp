@@ -303,8 +303,9 @@ private:
     j.set("done", static_cast<long long>(done));
     j.set("total", static_cast<long long>(total));
     e.data = j.dump();
-    // Progress is for whoever watches now; only the end goes to the journal.
-    e.transient = phase != "done";
+    // Progress is for whoever watches now; the session journals the end,
+    // with its record.
+    e.transient = true;
     send(registry_, publish_atom::value, std::move(e));
   }
 
