@@ -190,6 +190,46 @@ TEST(end_to_end, kill_9_restart_resumes_the_log_then_idle_timeout_destroys) {
   daemon = -1;
 }
 
+// A sync cut short by `kill -9` of the daemon is run again after the
+// restart and gives the same result: the VM's checkout equals the worktree.
+TEST(end_to_end, an_initial_sync_cut_by_kill_9_is_redone_after_restart) {
+  test::temp_dir home;
+  test::temp_dir wt;
+  // Enough incompressible data that the VM side takes a moment.
+  std::system(("cd '" + wt.path() + "' && git init -q && mkdir -p d && for i in 1 2 3 4 5 6; "
+               "do head -c 4000000 /dev/urandom > d/blob$i; done && echo text > a.txt && "
+               "git add -A && git -c user.name=t -c user.email=t@t commit -qm t")
+                .c_str());
+  pid_t daemon = start_daemon(home.path());
+  reaper cleanup{home.path(), &daemon};
+  auto id = launch(home.path(), "sleep 600", wt.path(), "600");
+  ASSERT_FALSE(id.empty());
+  // The VM side of the sync has begun once its repository exists.
+  ASSERT_TRUE(eventually([&] {
+    glob_t g;
+    bool found = ::glob((home.path() + "/sandboxes/*/work/.git").c_str(), 0, nullptr, &g) == 0;
+    if (found)
+      ::globfree(&g);
+    return found;
+  }, 60s));
+  stop_daemon(daemon, SIGKILL);
+  daemon = start_daemon(home.path());
+  ASSERT_TRUE(eventually([&] { return state_of(home.path(), id) == "running"; }, 60s))
+    << show(home.path(), id).dump();
+  auto rec = show(home.path(), id);
+  EXPECT_FALSE(rec.get_string("synced_up").empty());
+  auto workdir = rec.get_string("workdir");
+  for (int i = 1; i <= 6; ++i) {
+    auto name = "/d/blob" + std::to_string(i);
+    EXPECT_EQ(read_file(workdir + name), read_file(wt.path() + name)) << name;
+  }
+  EXPECT_EQ(read_file(workdir + "/a.txt"), "text\n");
+  cli(home.path(), {"destroy", id});
+  EXPECT_TRUE(eventually([&] { return state_of(home.path(), id) == "destroyed"; }, 30s));
+  stop_daemon(daemon, SIGTERM);
+  daemon = -1;
+}
+
 // Reads from `fd` until `needle` shows up or the bound passes.
 bool read_until(int fd, const std::string& needle, std::string& seen,
                 std::chrono::milliseconds bound) {
