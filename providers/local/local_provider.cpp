@@ -1,5 +1,8 @@
 #include "providers/local/local_provider.hpp"
 
+#include "engine/base/proc_table.hpp"
+
+#include <algorithm>
 #include <arpa/inet.h>
 #include <cerrno>
 #include <csignal>
@@ -182,104 +185,6 @@ caf::error remove_tree(const std::string& path) {
 }
 
 // -- processes ------------------------------------------------------------------
-
-struct proc_stat {
-  pid_t ppid = 0;
-  char state = '?';
-  uint64_t start_time = 0; // clock ticks after boot: tells a reused pid apart
-};
-
-bool read_proc_stat(pid_t pid, proc_stat& out) {
-  auto text = read_file("/proc/" + std::to_string(pid) + "/stat");
-  if (!text)
-    return false;
-  // The command name may contain spaces and parentheses; fields resume
-  // after the last ')'.
-  auto close = text->rfind(')');
-  if (close == std::string::npos || close + 4 > text->size())
-    return false;
-  std::istringstream rest{text->substr(close + 2)};
-  rest >> out.state >> out.ppid;
-  // Fields 5 to 21 lie between ppid and starttime (field 22).
-  std::string skip;
-  for (int i = 5; i <= 21; ++i)
-    rest >> skip;
-  rest >> out.start_time;
-  return static_cast<bool>(rest);
-}
-
-// Alive and not a zombie (a zombie whose parent does not reap it still
-// answers kill(pid, 0)).
-bool process_alive(pid_t pid) {
-  if (pid <= 0)
-    return false;
-  if (::kill(pid, 0) != 0 && errno != EPERM)
-    return false;
-  proc_stat st;
-  if (!read_proc_stat(pid, st))
-    return false;
-  return st.state != 'Z' && st.state != 'X';
-}
-
-std::string proc_cmdline(pid_t pid) {
-  auto text = read_file("/proc/" + std::to_string(pid) + "/cmdline");
-  if (!text)
-    return {};
-  for (auto& ch : *text)
-    if (ch == '\0')
-      ch = ' ';
-  return *text;
-}
-
-std::string proc_cwd(pid_t pid) {
-  char buf[4096];
-  auto link = "/proc/" + std::to_string(pid) + "/cwd";
-  auto n = ::readlink(link.c_str(), buf, sizeof(buf) - 1);
-  return n > 0 ? std::string{buf, static_cast<size_t>(n)} : std::string{};
-}
-
-bool proc_environ_has(pid_t pid, const std::string& entry) {
-  auto text = read_file("/proc/" + std::to_string(pid) + "/environ");
-  if (!text)
-    return false;
-  size_t pos = 0;
-  while (pos < text->size()) {
-    auto end = text->find('\0', pos);
-    if (end == std::string::npos)
-      end = text->size();
-    if (text->compare(pos, end - pos, entry) == 0)
-      return true;
-    pos = end + 1;
-  }
-  return false;
-}
-
-std::vector<pid_t> all_pids() {
-  std::vector<pid_t> out;
-  DIR* d = ::opendir("/proc");
-  if (d == nullptr)
-    return out;
-  while (auto e = ::readdir(d)) {
-    char* end = nullptr;
-    auto v = std::strtol(e->d_name, &end, 10);
-    if (end != e->d_name && *end == '\0' && v > 0)
-      out.push_back(static_cast<pid_t>(v));
-  }
-  ::closedir(d);
-  return out;
-}
-
-std::set<pid_t> self_and_ancestors() {
-  std::set<pid_t> out;
-  pid_t p = ::getpid();
-  while (p > 1 && out.insert(p).second) {
-    proc_stat st;
-    if (!read_proc_stat(p, st))
-      break;
-    p = st.ppid;
-  }
-  return out;
-}
 
 std::string current_user() {
   struct passwd pw;
@@ -516,9 +421,9 @@ pid_t read_pid_file(const std::string& path) {
 // pid is never mistaken for it).
 pid_t running_sshd(const sandbox& sb) {
   auto pid = read_pid_file(sb.pid_file());
-  if (!process_alive(pid))
+  if (!proc::alive(pid))
     return -1;
-  auto cmd = proc_cmdline(pid);
+  auto cmd = proc::cmdline(pid);
   if (cmd.find("sshd") == std::string::npos || cmd.find(sb.config()) == std::string::npos)
     return -1;
   return pid;
@@ -688,9 +593,9 @@ public:
       // log says why (a port taken in the meantime is retried).
       auto deadline = steady::now() + opts_.boot_timeout;
       for (;;) {
-        if (read_pid_file(sb.pid_file()) == *pid && process_alive(*pid))
+        if (read_pid_file(sb.pid_file()) == *pid && proc::alive(*pid))
           return {};
-        if (!process_alive(*pid))
+        if (!proc::alive(*pid))
           break;
         if (steady::now() >= deadline) {
           ::kill(*pid, SIGKILL);
@@ -774,26 +679,28 @@ public:
   // inside it, and their descendants. Never this process or its ancestors.
   // Maps pid to start time.
   std::map<pid_t, uint64_t> sandbox_processes(const sandbox& sb, pid_t sshd_pid) const {
-    auto exclude = self_and_ancestors();
+    auto exclude = proc::self_and_ancestors();
     auto env_entry = std::string{sandbox_env} + "=" + sb.dir;
     auto prefix = sb.dir + "/";
-    std::map<pid_t, proc_stat> live;
+    std::map<pid_t, proc::stat_fields> live;
     std::map<pid_t, uint64_t> members;
-    for (auto pid : all_pids()) {
-      proc_stat st;
-      if (exclude.count(pid) || !read_proc_stat(pid, st) || st.state == 'Z'
-          || st.state == 'X')
+    for (auto pid : proc::all_pids()) {
+      if (exclude.count(pid))
         continue;
-      live[pid] = st;
+      auto st = proc::stat(pid);
+      if (!st || st->state == 'Z' || st->state == 'X')
+        continue;
+      live[pid] = *st;
       if (pid == sshd_pid) {
-        members[pid] = st.start_time;
+        members[pid] = st->start_time;
         continue;
       }
-      auto cwd = proc_cwd(pid);
+      auto cwd = proc::cwd(pid);
+      auto env = proc::environ(pid);
       if (cwd == sb.dir || cwd.rfind(prefix, 0) == 0
-          || proc_cmdline(pid).find(sb.dir) != std::string::npos
-          || proc_environ_has(pid, env_entry))
-        members[pid] = st.start_time;
+          || proc::cmdline(pid).find(sb.dir) != std::string::npos
+          || std::find(env.begin(), env.end(), env_entry) != env.end())
+        members[pid] = st->start_time;
     }
     for (bool grew = true; grew;) {
       grew = false;
@@ -817,9 +724,9 @@ public:
         if (tracked.emplace(pid, start).second)
           ::kill(pid, sig);
       for (auto i = tracked.begin(); i != tracked.end();) {
-        proc_stat st;
-        bool same = read_proc_stat(i->first, st) && st.start_time == i->second
-                    && st.state != 'Z' && st.state != 'X';
+        auto st = proc::stat(i->first);
+        bool same = st && st->start_time == i->second && st->state != 'Z'
+                    && st->state != 'X';
         i = same ? std::next(i) : tracked.erase(i);
       }
       return !tracked.empty();

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "engine/base/ids.hpp"
+#include "engine/base/proc_table.hpp"
 #include "providers/local/local_provider.hpp"
 
 namespace aloft::test {
@@ -52,69 +53,21 @@ size_t thread_count() {
   return n;
 }
 
-namespace {
-
-bool read_stat(pid_t pid, char& state, pid_t& ppid) {
-  std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
-  std::string text;
-  if (!std::getline(in, text))
-    return false;
-  auto close = text.rfind(')');
-  if (close == std::string::npos)
-    return false;
-  std::istringstream rest{text.substr(close + 2)};
-  return static_cast<bool>(rest >> state >> ppid);
-}
-
-std::vector<pid_t> all_pids() {
-  std::vector<pid_t> out;
-  if (DIR* d = ::opendir("/proc")) {
-    while (auto e = ::readdir(d)) {
-      char* end = nullptr;
-      auto v = std::strtol(e->d_name, &end, 10);
-      if (end != e->d_name && *end == '\0' && v > 0)
-        out.push_back(static_cast<pid_t>(v));
-    }
-    ::closedir(d);
-  }
-  return out;
-}
-
-} // namespace
-
 bool process_running(pid_t pid) {
-  char state = '?';
-  pid_t ppid = 0;
-  return pid > 0 && read_stat(pid, state, ppid) && state != 'Z' && state != 'X';
+  return proc::alive(pid);
 }
 
 void kill_process_tree(pid_t root) {
-  std::map<pid_t, pid_t> parent;
-  for (auto pid : all_pids()) {
-    char state;
-    pid_t ppid;
-    if (read_stat(pid, state, ppid))
-      parent[pid] = ppid;
-  }
-  std::set<pid_t> tree{root};
-  for (bool grew = true; grew;) {
-    grew = false;
-    for (auto& [pid, ppid] : parent)
-      if (tree.count(ppid) && tree.insert(pid).second)
-        grew = true;
-  }
-  for (auto pid : tree)
+  for (auto pid : proc::tree_of(root))
     ::kill(pid, SIGKILL);
 }
 
 std::vector<pid_t> processes_matching(const std::string& needle) {
   std::vector<pid_t> out;
-  for (auto pid : all_pids()) {
-    if (pid == ::getpid() || !process_running(pid))
+  for (auto pid : proc::all_pids()) {
+    if (pid == ::getpid() || !proc::alive(pid))
       continue;
-    std::ifstream in{"/proc/" + std::to_string(pid) + "/cmdline"};
-    std::string cmd{std::istreambuf_iterator<char>{in}, {}};
-    if (cmd.find(needle) != std::string::npos)
+    if (proc::cmdline(pid).find(needle) != std::string::npos)
       out.push_back(pid);
   }
   return out;
