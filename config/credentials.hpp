@@ -4,16 +4,31 @@
 // values (Fly: `token`; Vercel: `token`; Modal: `token_id`, `token_secret`;
 // agent secrets by their variable name), kept per account name. Secrets
 // never pass through settings.json, the RocksDB store, logs, events or
-// process arguments.
+// process arguments, and never appear in an error message. Every value a
+// store returns or stores is registered for redaction (engine/base/redact).
 //
 // - file: `<state dir>/credentials.json`, mode 0600, written atomically;
-//   the default on headless Linux.
+//   the default on headless Linux. Layout (version 1, the only one):
+//   `{"<account>": {"<key>": "<value>", ...}, ...}`. A file that group or
+//   others may access is refused until it is `chmod 600`.
 // - env: read-only, from environment variables (`ALOFT_SECRET_<ACCOUNT>_<KEY>`
 //   with the names upper-cased and `-` as `_`); for CI and containers.
+//   Environment names lose case, so this store returns keys lower-cased
+//   (`find_secret` matches either spelling). `accounts()` takes the first
+//   `_`-separated word after the prefix as the account, so it lists an
+//   account named `fly-prod` as `fly`; `get("fly-prod")` is exact.
 // - secret-service: the freedesktop Secret Service (GNOME Keyring, KWallet)
 //   through libsecret, loaded at run time; unavailable when there is no
-//   session bus or no libsecret.
-// - keychain: the macOS Keychain, compiled only in builds for Apple.
+//   session bus or no libsecret. One item per account, attributes
+//   {application: "aloft", account: NAME}, the secrets as a JSON object.
+// - keychain: the macOS Keychain, compiled only in builds for Apple. One
+//   generic password per account (service "aloft"), the secrets as JSON.
+//
+// Thread-safe: a store may be used from several threads. The file store
+// serialises its writers (a mutex, and a lock on the directory against other
+// processes) and re-reads the file on every call. The secret-service and
+// keychain calls block (and may show an unlock prompt): call them off the
+// actor scheduler.
 #pragma once
 
 #include <map>
@@ -53,6 +68,9 @@ public:
   virtual std::vector<std::string> accounts() = 0;
 };
 
+/// The store kinds this build knows, in the order messages list them.
+std::vector<std::string> credential_store_kinds();
+
 /// The platform's default store kind: "keychain" on Apple, "secret-service"
 /// on Linux when it is reachable now, else "file".
 std::string default_credential_store_kind();
@@ -64,7 +82,17 @@ caf::expected<std::unique_ptr<credential_store>>
 open_credential_store(const std::string& kind, const std::string& state_dir);
 
 /// Masks a secret for display: a short prefix and its length, e.g.
-/// `fo1_ab… (43 chars)`; short secrets show no prefix at all.
+/// `fo1_ab…(43 chars)`; a secret shorter than 16 characters shows no prefix
+/// at all (`…(9 chars)`).
 std::string mask_secret(const std::string& secret);
+
+/// The environment variable the env store reads for `key` of `account`:
+/// `ALOFT_SECRET_<ACCOUNT>_<KEY>`, upper-cased, `-` as `_`.
+std::string secret_env_variable(const std::string& account, const std::string& key);
+
+/// The value of `key` in `secrets`: an exact match, else the one whose
+/// environment spelling (upper-cased, `-` as `_`) is the same; nullptr when
+/// there is none. Lets callers read the env store's lower-cased keys.
+const std::string* find_secret(const secret_map& secrets, const std::string& key);
 
 } // namespace aloft
