@@ -4,6 +4,18 @@
 
 namespace aloft {
 
+bool operator==(const aloft::guards& x, const aloft::guards& y) {
+  return x.auto_destroy_on_idle == y.auto_destroy_on_idle
+         && x.idle_timeout_s == y.idle_timeout_s && x.hard_timeout_s == y.hard_timeout_s
+         && x.hard_warning_s == y.hard_warning_s;
+}
+
+bool operator==(const account& x, const account& y) {
+  return x.name == y.name && x.provider == y.provider && x.enabled == y.enabled
+         && x.options == y.options && x.guards == y.guards
+         && x.max_concurrent_vms == y.max_concurrent_vms;
+}
+
 account default_local_account() {
   account a;
   a.name = "local";

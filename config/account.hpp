@@ -37,6 +37,15 @@ struct account {
   int max_concurrent_vms = 10;
 };
 
+bool operator==(const aloft::guards& x, const aloft::guards& y);
+inline bool operator!=(const aloft::guards& x, const aloft::guards& y) {
+  return !(x == y);
+}
+bool operator==(const account& x, const account& y);
+inline bool operator!=(const account& x, const account& y) {
+  return !(x == y);
+}
+
 /// The built-in account every engine has.
 account default_local_account();
 
