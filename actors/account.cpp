@@ -73,7 +73,7 @@ public:
         this->request(caf::actor_cast<caf::actor>(this), caf::infinite, list_atom::value)
           .then(
             [=](const vm_infos& observed) mutable {
-              apply(plan_reconcile(env_.installation_id, sessions, observed));
+              apply(plan_reconcile(env_.installation_id, acct_.name, sessions, observed));
               rp.deliver(done_atom::value);
             },
             [=](caf::error& err) mutable { rp.deliver(std::move(err)); });

@@ -31,5 +31,8 @@ using sync_atom = caf::atom_constant<caf::atom("sync")>;
 using sync_up_atom = caf::atom_constant<caf::atom("syncup")>;
 using sync_down_atom = caf::atom_constant<caf::atom("syncdown")>;
 using sync_state_atom = caf::atom_constant<caf::atom("syncstate")>;
+using account_atom = caf::atom_constant<caf::atom("account")>;
+using forget_atom = caf::atom_constant<caf::atom("forget")>;
+using guards_atom = caf::atom_constant<caf::atom("guards")>;
 
 } // namespace aloft

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,9 @@
 #include "engine/vm.hpp"
 
 namespace aloft {
+
+class provider;
+using provider_ptr = std::shared_ptr<provider>;
 
 /// Work handed back to an actor from a foreign thread (a store commit, a
 /// provider or transport callback): the closure runs inside the actor, so it
@@ -44,6 +48,8 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(aloft::vm_info)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(aloft::vm_infos)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(aloft::vm_request)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(aloft::account)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(aloft::guards)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(aloft::provider_ptr)
 
 #include "engine/watchdog_policy.hpp"
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(aloft::watchdog_input)

@@ -14,6 +14,7 @@
 #include "actors/messages.hpp"
 #include "actors/sync.hpp"
 #include "engine/base/error.hpp"
+#include "engine/base/redact.hpp"
 #include "engine/clock.hpp"
 #include "persistence/store.hpp"
 
@@ -35,16 +36,8 @@ public:
     senv->registry = caf::actor_cast<caf::actor>(this);
     session_env_ = senv;
     for (auto& [name, acct] : env_.accounts) {
-      account_env aenv;
-      aenv.installation_id = senv->installation_id;
-      aenv.registry = caf::actor_cast<caf::actor>(this);
-      aenv.retry.base_delay_ms = env_.provider_retry_base_ms;
       auto p = env_.providers.find(name);
-      if (p == env_.providers.end())
-        continue;
-      auto a = spawn_account(system(), acct, p->second, aenv);
-      link_to(a);
-      accounts_[name] = a;
+      add_account(acct, p == env_.providers.end() ? nullptr : p->second);
     }
     set_down_handler([=](caf::down_msg& dm) {
       for (auto i = live_.begin(); i != live_.end(); ++i)
@@ -56,10 +49,24 @@ public:
     return {
       [=](actor_task& t) { t.fn(); },
       [=](launch_atom, session_record draft) -> caf::result<caf::message> {
-        auto a = accounts_.find(draft.account);
-        if (a == accounts_.end())
+        auto def = defs_.find(draft.account);
+        if (def == defs_.end())
           return make_error(errc::invalid_argument,
                             "unknown account '" + draft.account + "'");
+        auto a = accounts_.find(draft.account);
+        if (a == accounts_.end())
+          return make_error(errc::unimplemented,
+                            "account '" + draft.account + "' uses the "
+                              + def->second.provider
+                              + " provider, which this build cannot launch VMs with yet");
+        auto cap = def->second.max_concurrent_vms;
+        if (cap > 0 && live_count_[draft.account] >= static_cast<size_t>(cap))
+          return make_error(errc::resource_exhausted,
+                            "account '" + draft.account + "' has "
+                              + std::to_string(live_count_[draft.account])
+                              + " live sessions, its max_concurrent_vms; stop one, or `aloft account set "
+                              + draft.account + " max_concurrent_vms N`");
+        track(nullptr, draft);
         snapshots_[draft.id] = draft;
         order_.push_back(draft.id);
         auto s = spawn_session(system(), draft, a->second, session_env_);
@@ -154,8 +161,10 @@ public:
         auto i = snapshots_.find(rec.id);
         if (i == snapshots_.end()) {
           order_.push_back(rec.id);
+          track(nullptr, rec);
           snapshots_[rec.id] = rec;
         } else {
+          track(&i->second, rec);
           i->second = rec;
         }
         e.session = rec.id;
@@ -163,8 +172,13 @@ public:
       },
       [=](rehydrate_atom, const session_records& records) -> done_atom {
         for (auto& rec : records) {
-          if (snapshots_.count(rec.id) == 0)
+          auto known = snapshots_.find(rec.id);
+          if (known == snapshots_.end()) {
             order_.push_back(rec.id);
+            track(nullptr, rec);
+          } else {
+            track(&known->second, rec);
+          }
           snapshots_[rec.id] = rec;
           if (is_terminal(rec.state))
             continue;
@@ -186,6 +200,37 @@ public:
         reconcile_all();
         return done_atom::value;
       },
+      [=](account_atom, const account& acct, const provider_ptr& client) {
+        add_account(acct, client);
+        return done_atom::value;
+      },
+      [=](account_atom, const account& acct) -> caf::result<done_atom> {
+        auto def = defs_.find(acct.name);
+        if (def == defs_.end())
+          return make_error(errc::not_found, "no account '" + acct.name + "'");
+        def->second = acct;
+        return done_atom::value;
+      },
+      [=](forget_atom, const std::string& name) {
+        defs_.erase(name);
+        auto a = accounts_.find(name);
+        if (a != accounts_.end()) {
+          retire(a->second);
+          accounts_.erase(a);
+        }
+        return done_atom::value;
+      },
+      [=](guards_atom, const std::string& name, const guards& g) {
+        uint64_t n = 0;
+        for (auto& [id, actor] : live_) {
+          auto snap = snapshots_.find(id);
+          if (snap != snapshots_.end() && snap->second.account == name) {
+            send(actor, guards_atom::value, g);
+            ++n;
+          }
+        }
+        return n;
+      },
       [=](reconcile_atom) { reconcile_all(); },
       [=](tick_atom) {
         reconcile_all();
@@ -201,6 +246,41 @@ public:
   }
 
 private:
+  // Spawns (or replaces) the actor of `acct`. A replaced actor stays alive
+  // for the sessions still holding it. Without a client the account is
+  // known (and listed) but cannot launch.
+  void add_account(const account& acct, const provider_ptr& client) {
+    defs_[acct.name] = acct;
+    auto old = accounts_.find(acct.name);
+    if (old != accounts_.end()) {
+      retire(old->second);
+      accounts_.erase(old);
+    }
+    if (!client)
+      return;
+    account_env aenv;
+    aenv.installation_id = session_env_->installation_id;
+    aenv.registry = caf::actor_cast<caf::actor>(this);
+    aenv.retry.base_delay_ms = env_.provider_retry_base_ms;
+    auto a = spawn_account(system(), acct, client, aenv);
+    link_to(a);
+    accounts_[acct.name] = a;
+  }
+
+  // An account actor no new session will use; sessions that hold it keep
+  // it until the registry ends.
+  void retire(const caf::actor& a) { retired_.push_back(a); }
+
+  // Keeps the count of live sessions per account (for max_concurrent_vms).
+  void track(const session_record* before, const session_record& after) {
+    bool was = before && !is_terminal(before->state);
+    bool is = !is_terminal(after.state);
+    if (was && !is)
+      --live_count_[after.account];
+    else if (!was && is)
+      ++live_count_[after.account];
+  }
+
   caf::error unknown(const std::string& id) {
     return make_error(errc::not_found,
                       "no session '" + id + "'; `aloft ls` lists the sessions");
@@ -215,12 +295,16 @@ private:
   }
 
   void reconcile_all() {
+    if (accounts_.empty())
+      return;
+    // Every account sees every session: a VM of another account's session
+    // (two accounts of one organization) is left to that account.
+    session_records all;
+    all.reserve(snapshots_.size());
+    for (auto& [id, rec] : snapshots_)
+      all.push_back(rec);
     for (auto& [name, actor] : accounts_) {
-      session_records mine;
-      for (auto& [id, rec] : snapshots_)
-        if (rec.account == name)
-          mine.push_back(rec);
-      request(actor, caf::infinite, reconcile_atom::value, std::move(mine))
+      request(actor, caf::infinite, reconcile_atom::value, all)
         .then([](done_atom) {},
               [=, name = name](caf::error& err) {
                 event e;
@@ -233,6 +317,9 @@ private:
 
   void publish(event e) {
     e.at_ms = session_env_->clock->now_ms();
+    // Events reach the journal, subscribers and clients: never a secret.
+    if (!is_clean(e.message))
+      e.message = redact(e.message);
     if (e.kind != "output" && !e.transient) {
       e.seq = env_.next_event_seq++;
       write_batch batch;
@@ -250,7 +337,10 @@ private:
 
   registry_env env_;
   std::shared_ptr<const session_env> session_env_;
-  std::unordered_map<std::string, caf::actor> accounts_;
+  std::unordered_map<std::string, caf::actor> accounts_; // that can launch
+  std::unordered_map<std::string, account> defs_;        // every known account
+  std::unordered_map<std::string, size_t> live_count_;
+  std::vector<caf::actor> retired_;
   std::unordered_map<std::string, caf::actor> live_;
   std::unordered_map<std::string, session_record> snapshots_;
   std::vector<std::string> order_; // ids in creation order

@@ -21,6 +21,14 @@
 //   (reconcile_atom)                      reconcile every account now
 //   (publish_atom, event)                 an engine-wide event
 //   (publish_atom, session_record, event) from sessions
+//   (account_atom, account, provider_ptr) -> done_atom: add or replace an
+//                                            account (a null client: known,
+//                                            cannot launch)
+//   (account_atom, account)               -> done_atom: new guards or cap
+//   (forget_atom, name)                   -> done_atom: no new sessions
+//   (guards_atom, name, guards)           -> uint64 sessions re-armed
+// A launch beyond the account's max_concurrent_vms live sessions is refused
+// (resource_exhausted).
 #pragma once
 
 #include <map>

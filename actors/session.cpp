@@ -63,6 +63,7 @@ public:
       [=](extend_atom, int64_t seconds) -> caf::result<session_record> {
         return extend(seconds);
       },
+      [=](guards_atom, const guards& g) { apply_guards(g); },
       [=](stop_atom) -> caf::result<done_atom> {
         return make_error(errc::failed_precondition,
                           "session " + rec_.id + " has no running agent (state "
@@ -675,6 +676,30 @@ private:
       case watchdog_action::none:
         break;
     }
+  }
+
+  // The account's guards changed and the user asked to apply them to live
+  // sessions: the idle window is measured from the last activity, the hard
+  // limit from the session's creation.
+  void apply_guards(const guards& g) {
+    if (is_terminal(rec_.state) || rec_.state == session_state::stopping)
+      return;
+    auto last_active = rec_.idle_deadline - rec_.idle_timeout_ms;
+    rec_.idle_timeout_ms = g.idle_timeout_s * 1000;
+    rec_.idle_deadline = last_active + rec_.idle_timeout_ms;
+    auto hard = rec_.created_at + g.hard_timeout_s * 1000;
+    if (hard > rec_.hard_deadline)
+      rec_.hard_warned = false;
+    rec_.hard_deadline = hard;
+    rec_.auto_destroy = g.auto_destroy_on_idle;
+    idle_reported_ = false;
+    persist([=] {
+      arm_watchdog();
+      publish("activity", "guards of account " + rec_.account + " applied: idle "
+                            + std::to_string(g.idle_timeout_s) + " s, hard "
+                            + std::to_string(g.hard_timeout_s) + " s, auto-destroy "
+                            + (g.auto_destroy_on_idle ? "on" : "off"));
+    });
   }
 
   caf::result<session_record> extend(int64_t seconds) {

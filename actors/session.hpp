@@ -25,6 +25,9 @@
 //   (destroy_atom)              -> done_atom, once stopping is durable
 //   (extend_atom, int64 s)      -> session_record with the later hard deadline
 //   (activity_atom, string src) push the idle deadline (attach input)
+//   (guards_atom, guards)       new idle and hard timeouts and auto-destroy,
+//                               measured from the last activity and from
+//                               the session's creation; persisted, re-armed
 // The session links a watchdog actor (actors/watchdog.hpp).
 #pragma once
 

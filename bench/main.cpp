@@ -109,6 +109,8 @@ void launch_storm(report& out, size_t n, size_t clients) {
   account acct;
   acct.name = "bench";
   acct.provider = "fake";
+  // The storm keeps every session live at once: no cap gets in its way.
+  acct.max_concurrent_vms = static_cast<int>(n) + 1;
   ov.accounts.emplace_back(acct, provider);
   ov.no_agent = true;
   engine_options opts;
@@ -208,6 +210,12 @@ void local_sessions(report& out, size_t n) {
     return;
   }
   auto& eng = **e;
+  // Every session stays live until the end: raise the account's cap.
+  if (auto cap = eng.set_account("local", "max_concurrent_vms", std::to_string(n + 1), false);
+      !cap) {
+    out.check(false, "raise the local account's cap: " + describe(cap.error()));
+    return;
+  }
   launch_request req;
   req.agent_cmd = "sleep 600";
   req.worktree = home;

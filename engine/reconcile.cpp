@@ -5,6 +5,7 @@
 namespace aloft {
 
 reconcile_plan plan_reconcile(const std::string& installation_id,
+                              const std::string& account,
                               const std::vector<session_record>& sessions,
                               const std::vector<vm_info>& observed) {
   reconcile_plan plan;
@@ -32,6 +33,10 @@ reconcile_plan plan_reconcile(const std::string& installation_id,
     }
     if (!owner) {
       orphan("no session owns it");
+      continue;
+    }
+    if (!account.empty() && owner->account != account) {
+      plan.keep.push_back(vm); // another account's session: its own reconcile decides
       continue;
     }
     if (owner->state == session_state::destroyed

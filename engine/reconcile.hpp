@@ -3,6 +3,8 @@
 //
 // Rules, in order:
 // - a VM tagged with another installation's id is none of our business;
+// - a VM whose session belongs to another account is that account's
+//   business (two accounts may see the same organization's VMs);
 // - a VM whose idempotency key matches a live session that has no VM yet is
 //   adopted by that session (a create interrupted by a crash);
 // - a VM that a live session records as its own is kept;
@@ -37,7 +39,10 @@ struct reconcile_plan {
   std::vector<vm_info> keep;
 };
 
+/// `sessions` are every session the engine knows (all accounts);
+/// `account` is the account whose VMs `observed` lists.
 reconcile_plan plan_reconcile(const std::string& installation_id,
+                              const std::string& account,
                               const std::vector<session_record>& sessions,
                               const std::vector<vm_info>& observed);
 

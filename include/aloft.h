@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 /* The protocol version of docs/protocol.md that aloft_call speaks. */
-#define ALOFT_PROTOCOL_VERSION 2
+#define ALOFT_PROTOCOL_VERSION 3
 
 typedef struct aloft_engine aloft_engine;
 

@@ -19,6 +19,8 @@
 #include <caf/error.hpp>
 #include <caf/expected.hpp>
 
+#include "config/account.hpp"
+#include "config/credentials.hpp"
 #include "engine/event.hpp"
 #include "engine/session_record.hpp"
 #include "engine/transport.hpp"
@@ -81,6 +83,24 @@ struct sync_status {
   std::string vm_note;
 };
 
+/// An account as `aloft account ls` reports it. Secrets appear only masked.
+struct account_view {
+  aloft::account account;
+  bool is_default = false;
+  bool built_in = false;       // the `local` account every engine has
+  bool can_launch = false;     // its provider is available in this build
+  std::map<std::string, std::string> secrets; // key -> masked value
+  std::string store;           // the credential store holding them
+  size_t live_sessions = 0;
+  std::string problem;         // why it cannot be used now, if it cannot
+};
+
+/// What `aloft reload` (and SIGHUP) did.
+struct reload_report {
+  std::vector<std::string> added, changed, removed;
+  std::vector<std::string> problems; // each names file, line and path
+};
+
 class engine {
 public:
   virtual ~engine() = default;
@@ -138,6 +158,45 @@ public:
 
   /// The last `n` journaled events, oldest first.
   virtual std::vector<event> events(size_t n) = 0;
+
+  // -- accounts ----------------------------------------------------------------
+  // The non-secret half lives in settings.json, the secrets in the
+  // credential store. Every error names the account and says what to do.
+
+  virtual std::vector<account_view> accounts();
+
+  /// Checks `secrets` against the provider's API, then stores the secrets
+  /// and the account. A failure stores nothing. Errors: invalid_argument
+  /// (bad name or option, missing secret), already_exists, and the
+  /// validation's own (unauthenticated, permission_denied, not_found,
+  /// unavailable).
+  virtual caf::expected<account_view> add_account(const account& a,
+                                                  const secret_map& secrets);
+
+  /// Checks the stored secrets of `name` against the provider's API again.
+  virtual caf::error validate_account(const std::string& name);
+
+  /// Sets an option, guard or cap (`max_concurrent_vms`). Guards apply to new
+  /// sessions; with `apply_to_running` also to the account's live sessions.
+  /// Returns the view and, in `rearmed`, how many live sessions were updated.
+  virtual caf::expected<account_view> set_account(const std::string& name,
+                                                  const std::string& key,
+                                                  const std::string& value,
+                                                  bool apply_to_running,
+                                                  size_t* rearmed = nullptr);
+
+  virtual caf::error enable_account(const std::string& name, bool enabled);
+
+  /// Makes `name` the account `launch` uses without one.
+  virtual caf::error set_default_account(const std::string& name);
+
+  /// Removes the account and its secrets. Refused (failed_precondition)
+  /// while it has live sessions, unless `force`, which destroys them first.
+  virtual caf::error remove_account(const std::string& name, bool force);
+
+  /// Reads settings.json again. Accounts that validate are applied; the
+  /// others keep their previous definition and are reported.
+  virtual reload_report reload();
 
   using subscriber = std::function<void(const event&)>;
   /// Calls `fn` for every event from now on; returns a handle for

@@ -24,6 +24,8 @@
 
 #include "engine/app/daemon.hpp"
 #include "engine/app/protocol.hpp"
+#include "engine/app/secret_input.hpp"
+#include "providers/validate.hpp"
 #include "engine/base/ids.hpp"
 #include "engine/home.hpp"
 #include "engine/session_record.hpp"
@@ -154,6 +156,52 @@ const std::vector<command_spec>& commands() {
      "The VM stays (so its work can be synced down) until its idle timeout or\n"
      "`aloft destroy`."},
     {"destroy", {"ID"}, {}, "destroy the session's VM", "Ends the agent and removes the VM."},
+    {"account",
+     {"SUBCOMMAND"},
+     {
+       {"--provider", nullptr, "P", "add: local, fly, modal or vercel"},
+       {"--api-url", nullptr, "URL", "add: the provider's API (default: the public one)"},
+       {"--org", nullptr, "SLUG", "add, fly: the organization (default: personal)"},
+       {"--app-prefix", nullptr, "P", "add, fly: prefix of app names (default: aloft)"},
+       {"--ip-mode", nullptr, "M", "add, fly: ipv6 or ipv6+ipv4"},
+       {"--team", nullptr, "ID", "add, vercel: the team id"},
+       {"--project", nullptr, "ID", "add, vercel: the project id"},
+       {"--runtime", nullptr, "R", "add, vercel: node24, node22 or python3.13"},
+       {"--vcpus", nullptr, "N", "add, vercel: 1, 2, 4 or 8"},
+       {"--environment", nullptr, "E", "add, modal: the environment (default: main)"},
+       {"--app-name", nullptr, "A", "add, modal: the app name (default: aloft)"},
+       {"--option", nullptr, "KEY=VALUE", "add: any provider option"},
+       {"--secret", nullptr, "NAME", "add: also read secret NAME (for agents)"},
+       {"--idle-timeout", nullptr, "S", "add: the idle guard (default 800s)"},
+       {"--hard-timeout", nullptr, "S", "add: the hard guard (default 8h)"},
+       {"--no-auto-destroy", nullptr, nullptr, "add: warn instead of destroying when idle"},
+       {"--max-vms", nullptr, "N", "add: live VMs at most (default 10)"},
+       {"--apply-to-running", nullptr, nullptr, "set: re-arm the live sessions' guards too"},
+       {"--force", nullptr, nullptr, "rm: destroy the account's live sessions first"},
+     },
+     "manage provider accounts",
+     "  account add NAME --provider P [options]   validate and store an account\n"
+     "  account ls                                accounts, secrets masked\n"
+     "  account validate NAME                     check its secrets with the API\n"
+     "  account set NAME KEY VALUE                an option, guard or cap\n"
+     "  account enable|disable NAME\n"
+     "  account default NAME                      the account launch uses\n"
+     "  account rm NAME [--force]\n"
+     "`add` reads the secrets (Fly and Vercel: a token; Modal: token id and\n"
+     "secret) from a prompt that does not echo, or one per line from stdin;\n"
+     "never from the command line. It checks them against the provider's API\n"
+     "first: if that fails, nothing is stored. Secrets go to the credential\n"
+     "store, everything else to settings.json. Keys for `set`:\n"
+     "idle_timeout_s, hard_timeout_s, auto_destroy_on_idle,\n"
+     "max_concurrent_vms, enabled, and the provider's options. Guards apply\n"
+     "to new sessions; --apply-to-running re-arms the live ones too.",
+     "SUBCOMMAND [NAME [KEY VALUE]] [options]"},
+    {"reload",
+     {},
+     {},
+     "read settings.json again",
+     "The daemon applies the accounts that validate and reports the\n"
+     "others, which keep their previous definition (SIGHUP does the same)."},
     {"events",
      {},
      {
@@ -194,6 +242,49 @@ caf::error check_id(const std::string& id) {
                        "`aloft ls` lists them)");
 }
 
+// `account SUBCOMMAND ...`: how many names each subcommand takes.
+caf::error parse_account_positionals(cli_command& cmd, const std::vector<std::string>& pos) {
+  static const std::pair<const char*, size_t> subs[] = {
+    {"add", 1}, {"ls", 0}, {"validate", 1}, {"set", 3}, {"enable", 1},
+    {"disable", 1}, {"default", 1}, {"rm", 1},
+  };
+  const char* hint = " (see aloft account --help)";
+  if (pos.empty())
+    return usage_error(std::string{"account needs a subcommand: add, ls, validate, set, "
+                                   "enable, disable, default or rm"} + hint);
+  cmd.subcommand = pos[0];
+  size_t want = SIZE_MAX;
+  for (auto& [name, n] : subs)
+    if (cmd.subcommand == name)
+      want = n;
+  if (want == SIZE_MAX)
+    return usage_error("unknown account subcommand '" + cmd.subcommand + "'" + hint);
+  if (pos.size() - 1 < want)
+    return usage_error("account " + cmd.subcommand + " needs "
+                       + (want == 3 ? "NAME KEY VALUE" : "NAME") + hint);
+  if (pos.size() - 1 > want)
+    return usage_error("unexpected argument '" + pos[want + 1] + "'" + hint);
+  if (want >= 1)
+    cmd.account_name = pos[1];
+  if (want == 3) {
+    cmd.key = pos[2];
+    cmd.value = pos[3];
+  }
+  bool adding = cmd.subcommand == "add";
+  if (adding && cmd.provider.empty())
+    return usage_error("account add needs --provider (local, fly, modal or vercel)");
+  if (!adding && (!cmd.provider.empty() || !cmd.options.empty() || !cmd.secret_names.empty()
+                  || cmd.max_vms > 0 || cmd.idle_timeout_s > 0 || cmd.hard_timeout_s > 0
+                  || cmd.no_auto_destroy))
+    return usage_error("provider, option, secret and guard flags go with `account add`; "
+                       "change an account with `account set NAME KEY VALUE`");
+  if (cmd.apply_to_running && cmd.subcommand != "set")
+    return usage_error("--apply-to-running goes with `account set`");
+  if (cmd.force && cmd.subcommand != "rm")
+    return usage_error("--force goes with `account rm`");
+  return {};
+}
+
 caf::error apply_flag(cli_command& cmd, const std::string& flag, const std::string& value) {
   auto duration = [&](int64_t& out) -> caf::error {
     auto d = parse_duration(value);
@@ -202,7 +293,41 @@ caf::error apply_flag(cli_command& cmd, const std::string& flag, const std::stri
     out = *d;
     return {};
   };
-  if (flag == "--agent")
+  static const std::pair<const char*, const char*> option_flags[] = {
+    {"--api-url", "api_url"},   {"--org", "org"},         {"--app-prefix", "app_prefix"},
+    {"--ip-mode", "ip_mode"},   {"--team", "team"},       {"--project", "project"},
+    {"--runtime", "runtime"},   {"--vcpus", "vcpus"},     {"--environment", "environment"},
+    {"--app-name", "app_name"},
+  };
+  for (auto& [f, key] : option_flags)
+    if (flag == f) {
+      cmd.options.emplace_back(key, value);
+      return {};
+    }
+  if (flag == "--option") {
+    auto eq = value.find('=');
+    if (eq == std::string::npos || eq == 0)
+      return usage_error("--option: expected KEY=VALUE, got '" + value + "'");
+    cmd.options.emplace_back(value.substr(0, eq), value.substr(eq + 1));
+    return {};
+  }
+  if (flag == "--provider")
+    cmd.provider = value;
+  else if (flag == "--secret") {
+    if (value.empty())
+      return usage_error("--secret needs the secret's name (like ANTHROPIC_API_KEY)");
+    cmd.secret_names.push_back(value);
+  } else if (flag == "--max-vms") {
+    char* end = nullptr;
+    auto n = std::strtoll(value.c_str(), &end, 10);
+    if (value.empty() || *end != '\0' || n < 1 || n > 100000)
+      return usage_error("--max-vms: expected a count from 1 to 100000, got '" + value + "'");
+    cmd.max_vms = n;
+  } else if (flag == "--apply-to-running")
+    cmd.apply_to_running = true;
+  else if (flag == "--force")
+    cmd.force = true;
+  else if (flag == "--agent")
     cmd.agent = value;
   else if (flag == "--account")
     cmd.account = value;
@@ -956,6 +1081,11 @@ caf::expected<cli_command> parse_cli(const std::vector<std::string>& args) {
   if (!spec)
     return cmd; // nothing to run: the caller prints the usage
   auto usage_hint = std::string{" (see aloft "} + spec->name + " --help)";
+  if (cmd.name == "account") {
+    if (auto err = parse_account_positionals(cmd, positionals))
+      return err;
+    return cmd;
+  }
   if (positionals.size() < spec->positionals.size())
     return usage_error(std::string{spec->name} + " needs "
                        + spec->positionals[positionals.size()] + usage_hint);
@@ -1126,6 +1256,42 @@ json request_for(const cli_command& cmd, int64_t request_id) {
       args.set("include_output", true);
     if (!cmd.session.empty())
       args.set("session", cmd.session);
+  } else if (n == "reload") {
+    req.set("op", "reload");
+  } else if (n == "account") {
+    auto& sub = cmd.subcommand;
+    if (sub == "ls") {
+      req.set("op", "account_list");
+    } else if (sub == "add") {
+      req.set("op", "account_add");
+      args.set("name", cmd.account_name);
+      args.set("provider", cmd.provider);
+      auto opts = json::object();
+      for (auto& [k, v] : cmd.options)
+        opts.set(k, v);
+      if (!cmd.options.empty())
+        args.set("options", std::move(opts));
+      if (cmd.idle_timeout_s > 0)
+        args.set("idle_timeout_s", cmd.idle_timeout_s);
+      if (cmd.hard_timeout_s > 0)
+        args.set("hard_timeout_s", cmd.hard_timeout_s);
+      if (cmd.no_auto_destroy)
+        args.set("auto_destroy_on_idle", false);
+      if (cmd.max_vms > 0)
+        args.set("max_concurrent_vms", cmd.max_vms);
+      // Secrets are read and added by run_client, never from arguments.
+    } else if (sub == "set") {
+      req.set("op", "account_set");
+      args.set("name", cmd.account_name).set("key", cmd.key).set("value", cmd.value);
+      if (cmd.apply_to_running)
+        args.set("apply_to_running", true);
+    } else {
+      // validate, enable, disable, default, rm
+      req.set("op", "account_" + sub);
+      args.set("name", cmd.account_name);
+      if (cmd.force)
+        args.set("force", true);
+    }
   } else if (n == "sync-up") {
     req.set("op", "sync_up");
     args.set("id", cmd.id);
@@ -1145,6 +1311,92 @@ json request_for(const cli_command& cmd, int64_t request_id) {
 }
 
 // -- human output --------------------------------------------------------------
+
+std::string format_accounts(const json& list_result) {
+  auto list = list_result.find("accounts");
+  if (!list || list->size() == 0)
+    return "no accounts\n";
+  std::vector<std::vector<std::string>> rows = {
+    {"NAME", "PROVIDER", "STATE", "LIVE", "IDLE", "HARD", "SECRETS", "PROBLEM"}};
+  for (auto& a : list->items()) {
+    auto g = a.find("guards");
+    std::string state = a.get_bool("enabled", true) ? "enabled" : "disabled";
+    if (a.get_bool("default"))
+      state += ",default";
+    std::string secrets;
+    if (auto sec = a.find("secrets"); sec && sec->is_object())
+      for (size_t i = 0; i < sec->keys().size(); ++i)
+        secrets += (secrets.empty() ? "" : " ") + sec->keys()[i] + "="
+                   + sec->items()[i].as_string();
+    if (secrets.empty())
+      secrets = "-";
+    auto idle = g ? g->get_int("idle_timeout_s") : 0;
+    std::string idle_text = g && !g->get_bool("auto_destroy_on_idle", true)
+                              ? "off"
+                              : format_duration(idle * 1000);
+    rows.push_back({printable(a.get_string("name")), printable(a.get_string("provider")),
+                    state, std::to_string(a.get_int("live_sessions")), idle_text,
+                    format_duration((g ? g->get_int("hard_timeout_s") : 0) * 1000),
+                    printable(secrets), printable(a.get_string("problem"))});
+  }
+  std::vector<size_t> width(rows[0].size(), 0);
+  for (auto& r : rows)
+    for (size_t i = 0; i < r.size(); ++i)
+      width[i] = std::max(width[i], r[i].size());
+  std::string out;
+  for (auto& r : rows) {
+    std::string line;
+    for (size_t i = 0; i < r.size(); ++i)
+      line += i + 1 < r.size() ? pad(r[i], width[i] + 2) : r[i];
+    while (!line.empty() && line.back() == ' ')
+      line.pop_back();
+    out += line + "\n";
+  }
+  return out;
+}
+
+std::string format_account(const json& a) {
+  std::string out = "  " + printable(a.get_string("name")) + " ("
+                    + printable(a.get_string("provider")) + ")"
+                    + (a.get_bool("enabled", true) ? "" : ", disabled")
+                    + (a.get_bool("default") ? ", default" : "") + "\n";
+  if (auto opts = a.find("options"); opts && opts->is_object())
+    for (size_t i = 0; i < opts->keys().size(); ++i)
+      out += "  " + printable(opts->keys()[i]) + ": "
+             + printable(opts->items()[i].as_string()) + "\n";
+  if (auto g = a.find("guards")) {
+    out += "  idle timeout: " + format_duration(g->get_int("idle_timeout_s") * 1000)
+           + (g->get_bool("auto_destroy_on_idle", true) ? " (destroys)" : " (warns only)")
+           + "\n";
+    out += "  hard timeout: " + format_duration(g->get_int("hard_timeout_s") * 1000) + "\n";
+  }
+  out += "  max concurrent VMs: " + std::to_string(a.get_int("max_concurrent_vms")) + "\n";
+  if (auto sec = a.find("secrets"); sec && sec->is_object() && sec->size() > 0) {
+    out += "  secrets (" + printable(a.get_string("store")) + " store):";
+    for (size_t i = 0; i < sec->keys().size(); ++i)
+      out += " " + printable(sec->keys()[i]) + "=" + printable(sec->items()[i].as_string());
+    out += "\n";
+  }
+  if (auto p = a.get_string("problem"); !p.empty())
+    out += "  problem: " + printable(p) + "\n";
+  return out;
+}
+
+std::string format_reload(const json& r) {
+  auto names = [&](const char* key) {
+    std::string s;
+    if (auto xs = r.find(key))
+      for (auto& x : xs->items())
+        s += (s.empty() ? "" : ", ") + printable(x.as_string());
+    return s.empty() ? std::string{"none"} : s;
+  };
+  std::string out = "reloaded settings: added " + names("added") + "; changed "
+                    + names("changed") + "; removed " + names("removed") + "\n";
+  if (auto ps = r.find("problems"))
+    for (auto& p : ps->items())
+      out += "problem: " + printable(p.as_string()) + "\n";
+  return out;
+}
 
 std::string format_ls(const json& list_result, int64_t now) {
   auto sessions = list_result.find("sessions");
@@ -1564,6 +1816,50 @@ int run_client(const cli_command& cmd, std::ostream& out, std::ostream& err) {
   return run_client(cmd, out, err, opts);
 }
 
+// Reads the secrets `account add` needs: the provider's (a prompt without
+// echo on a terminal, else one line each from stdin), then any --secret.
+caf::expected<json> read_account_secrets(const cli_command& cmd, std::ostream& err) {
+  auto secrets = json::object();
+  auto keys = required_secrets(cmd.provider);
+  for (auto& k : cmd.secret_names)
+    keys.push_back(k);
+  for (auto& key : keys) {
+    auto what = key == "token" ? cmd.provider + " API token"
+                               : key == "token_id" || key == "token_secret"
+                                   ? cmd.provider + " " + key
+                                   : "secret " + key;
+    auto value = read_secret(0, what + " for account " + cmd.account_name + ": ", err);
+    if (!value)
+      return annotate(value.error(), "account " + cmd.account_name + ": " + what);
+    secrets.set(key, *value);
+  }
+  return secrets;
+}
+
+std::string format_account_result(const cli_command& cmd, const json& r) {
+  auto& sub = cmd.subcommand;
+  if (sub == "ls")
+    return format_accounts(r);
+  if (sub == "add")
+    return "added account " + printable(r.get_string("name")) + "\n" + format_account(r);
+  if (sub == "set") {
+    auto s = format_account(r);
+    auto n = r.get_int("rearmed_sessions");
+    if (cmd.apply_to_running)
+      s += "re-armed " + std::to_string(n) + " live session(s)\n";
+    return s;
+  }
+  if (sub == "validate")
+    return "account " + printable(cmd.account_name) + ": the provider accepts its credentials\n";
+  if (sub == "enable" || sub == "disable")
+    return "account " + printable(cmd.account_name) + " " + sub + "d\n";
+  if (sub == "default")
+    return "account " + printable(cmd.account_name) + " is the default for `aloft launch`\n";
+  if (sub == "rm")
+    return "removed account " + printable(cmd.account_name) + " and its secrets\n";
+  return {};
+}
+
 int run_client(const cli_command& cmd, std::ostream& out, std::ostream& err,
                const client_options& opts) {
   client_context ctx{cmd, out, err};
@@ -1608,6 +1904,16 @@ int run_client(const cli_command& cmd, std::ostream& out, std::ostream& err,
     args.set("worktree", *wt);
     req.set("args", std::move(args));
   }
+  if (cmd.name == "account" && cmd.subcommand == "add") {
+    auto secrets = read_account_secrets(cmd, err);
+    if (!secrets)
+      return ctx.fail(secrets.error());
+    if (secrets->size() > 0) {
+      auto args = *req.find("args");
+      args.set("secrets", std::move(*secrets));
+      req.set("args", std::move(args));
+    }
+  }
   auto result = call(conn, req);
   if (!result)
     return ctx.fail(result.error());
@@ -1644,6 +1950,10 @@ int run_client(const cli_command& cmd, std::ostream& out, std::ostream& err,
         << "; the VM stays until its idle timeout or `aloft destroy " << cmd.id << "`\n";
   else if (n == "destroy")
     out << "destroying " << cmd.id << "\n";
+  else if (n == "reload")
+    out << format_reload(*result);
+  else if (n == "account")
+    out << format_account_result(cmd, *result);
   out << std::flush;
   return exit_codes::ok;
 }

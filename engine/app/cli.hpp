@@ -75,6 +75,17 @@ struct cli_command {
 
   // show
   bool changes = false; // --changes: with --json, include `sync_state`
+
+  // account SUBCOMMAND [NAME [KEY VALUE]]
+  std::string subcommand; // add, ls, validate, set, enable, disable, default, rm
+  std::string account_name; // the account (`account` subcommands)
+  std::string key, value; // account set
+  std::string provider;   // account add --provider
+  std::vector<std::pair<std::string, std::string>> options; // provider options
+  std::vector<std::string> secret_names; // account add --secret NAME: more to read
+  int64_t max_vms = -1;                  // --max-vms
+  bool apply_to_running = false;
+  bool force = false;
 };
 
 /// Parses the arguments after the program name. Errors: invalid_argument
@@ -117,6 +128,12 @@ std::string format_sync_up(const json& result);
 std::string format_sync_down(const json& result);
 /// "812 bytes", "3.2 KiB", "17.4 MiB", "1.1 GiB".
 std::string format_bytes(uint64_t n);
+/// The `account ls` table from an `account_list` result.
+std::string format_accounts(const json& list_result);
+/// One account after `account add` or `account set`.
+std::string format_account(const json& account);
+/// What `reload` did, and its problems.
+std::string format_reload(const json& report);
 /// An error for a person: the message and what to do about it.
 std::string format_error(const std::string& code, const std::string& message);
 

@@ -23,6 +23,7 @@
 
 #include "engine/app/protocol.hpp"
 #include "engine/base/error.hpp"
+#include "engine/base/redact.hpp"
 
 namespace aloft {
 
@@ -287,6 +288,7 @@ struct daemon::impl {
   job_pool sync_pool;  // transfers: minutes
   job_pool check_pool; // checks: seconds
   std::atomic<bool> stopping{false};
+  std::atomic<bool> reload_requested{false};
   int listen_fd = -1;
   dev_t sock_dev = 0;
   ino_t sock_ino = 0;
@@ -297,7 +299,7 @@ struct daemon::impl {
 
   void log(const std::string& what) {
     if (opts.log)
-      opts.log(what);
+      opts.log(redact(what));
   }
 
   // -- output -----------------------------------------------------------------
@@ -305,7 +307,10 @@ struct daemon::impl {
   void send(client& c, const json& j) {
     if (c.dead)
       return;
-    c.out += encode_line(j);
+    auto line = encode_line(j);
+    // The last gate before a client: no stored secret leaves the daemon,
+    // whichever code path put it in a reply or an event.
+    c.out += is_clean(line) ? line : redact(line);
     if (c.pending_out() > opts.max_output_bytes) {
       log("dropping a client that does not read its output ("
           + std::to_string(c.pending_out()) + " bytes queued)");
@@ -842,6 +847,18 @@ struct daemon::impl {
     return {};
   }
 
+  // SIGHUP: settings.json again. Reading a small file and the credential
+  // store is quick enough for the loop.
+  void reload_settings() {
+    auto r = eng.reload();
+    std::string what = "reloaded settings: " + std::to_string(r.added.size()) + " added, "
+                       + std::to_string(r.changed.size()) + " changed, "
+                       + std::to_string(r.removed.size()) + " removed";
+    log(what);
+    for (auto& p : r.problems)
+      log("settings: " + p);
+  }
+
   caf::error run() {
     if (listen_fd < 0)
       return make_error(errc::failed_precondition, "daemon: run() before listen()");
@@ -872,6 +889,8 @@ struct daemon::impl {
       }
       if (fds[0].revents & POLLIN)
         deliver_inbox();
+      if (reload_requested.exchange(false))
+        reload_settings();
       if (fds[1].revents & POLLIN)
         accept_clients();
       for (size_t i = 0; i < ids.size(); ++i) {
@@ -921,6 +940,11 @@ caf::error daemon::run() {
 
 void daemon::stop() {
   impl_->stopping.store(true);
+  impl_->box->wake();
+}
+
+void daemon::reload() {
+  impl_->reload_requested.store(true);
   impl_->box->wake();
 }
 

@@ -90,6 +90,10 @@ public:
   /// Makes `run()` return soon. Thread-safe and async-signal-safe.
   void stop();
 
+  /// Makes the loop reload settings.json soon (engine::reload), logging what
+  /// changed and every problem. Thread-safe and async-signal-safe (SIGHUP).
+  void reload();
+
   const std::string& socket_path() const;
 
 private:

@@ -1,6 +1,8 @@
 #include "engine/app/engine_impl.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <chrono>
 #include <climits>
 #include <sys/stat.h>
@@ -17,8 +19,10 @@
 #include "actors/registry.hpp"
 #include "actors/sync.hpp"
 #include "engine/agent_script.hpp"
+#include "config/settings.hpp"
 #include "engine/base/error.hpp"
 #include "engine/base/ids.hpp"
+#include "engine/base/redact.hpp"
 #include "engine/clock.hpp"
 #include "engine/executor.hpp"
 #include "engine/home.hpp"
@@ -27,6 +31,7 @@
 #include "engine/watchdog_policy.hpp"
 #include "persistence/store.hpp"
 #include "providers/local/local_provider.hpp"
+#include "providers/validate.hpp"
 
 namespace aloft {
 
@@ -112,18 +117,22 @@ public:
     registry_env renv;
     renv.sessions = senv;
     renv.next_event_seq = next_seq;
+    std::vector<std::string> load_problems;
     if (ov.accounts.empty()) {
-      local_provider_options lopts;
-      lopts.sandboxes_dir = home_.sandboxes_dir();
-      lopts.exec = pool_;
-      ov.accounts.emplace_back(default_local_account(), make_local_provider(lopts));
+      load_problems = load_accounts();
+    } else {
+      // Tests and the bench bring their own accounts and clients.
+      for (auto& [acct, client] : ov.accounts) {
+        if (default_account_.empty())
+          default_account_ = acct.name;
+        accounts_[acct.name] = acct;
+        clients_[acct.name] = client;
+      }
     }
-    for (auto& [acct, client] : ov.accounts) {
-      if (default_account_.empty())
-        default_account_ = acct.name;
-      accounts_[acct.name] = acct;
-      renv.accounts[acct.name] = acct;
-      renv.providers[acct.name] = client;
+    for (auto& [name, acct] : accounts_) {
+      renv.accounts[name] = acct;
+      if (clients_[name])
+        renv.providers[name] = clients_[name];
     }
     registry_ = spawn_registry(*sys_, std::move(renv));
     caf::scoped_actor self{*sys_};
@@ -132,6 +141,12 @@ public:
       .receive([](done_atom) {}, [&](caf::error& e) { err = std::move(e); });
     if (err)
       return annotate(err, "rehydrate sessions");
+    for (auto& why : load_problems) {
+      event e;
+      e.kind = "error";
+      e.message = why;
+      caf::anon_send(registry_, publish_atom::value, std::move(e));
+    }
     for (auto& [key, why] : corrupt) {
       event e;
       e.kind = "quarantine";
@@ -150,15 +165,21 @@ public:
       return make_error(errc::invalid_argument,
                         "launch needs an agent command (--agent CMD)");
     session_record rec;
-    rec.account = req.account.empty() ? default_account_ : req.account;
-    auto acct = accounts_.find(rec.account);
-    if (acct == accounts_.end())
-      return make_error(errc::invalid_argument,
-                        "unknown account '" + rec.account + "'; known accounts: "
-                          + account_names());
-    if (!acct->second.enabled)
+    account acct;
+    {
+      std::lock_guard<std::mutex> guard{accounts_mtx_};
+      rec.account = req.account.empty() ? default_account_ : req.account;
+      auto i = accounts_.find(rec.account);
+      if (i == accounts_.end())
+        return make_error(errc::invalid_argument,
+                          "unknown account '" + rec.account + "'; known accounts: "
+                            + account_names());
+      acct = i->second;
+    }
+    if (!acct.enabled)
       return make_error(errc::failed_precondition,
-                        "account '" + rec.account + "' is disabled");
+                        "account '" + rec.account + "' is disabled; `aloft account enable "
+                          + rec.account + "` turns it back on");
     auto worktree = req.worktree;
     if (worktree.empty()) {
       char buf[PATH_MAX];
@@ -171,14 +192,14 @@ public:
         || ::stat(resolved, &st) != 0 || !S_ISDIR(st.st_mode))
       return make_error(errc::invalid_argument,
                         "worktree '" + worktree + "' is not a directory");
-    auto& g = acct->second.guards;
+    auto& g = acct.guards;
     auto idle_s = req.idle_timeout_s >= 0 ? req.idle_timeout_s : g.idle_timeout_s;
     auto hard_s = req.hard_timeout_s >= 0 ? req.hard_timeout_s : g.hard_timeout_s;
     if (idle_s < 1 || hard_s < 1)
       return make_error(errc::invalid_argument, "timeouts must be at least 1 second");
     auto now = clock_.now_ms();
     rec.id = make_session_id();
-    rec.provider = acct->second.provider;
+    rec.provider = acct.provider;
     rec.idempotency_key = make_idempotency_key();
     rec.agent_cmd = req.agent_cmd;
     rec.worktree = resolved;
@@ -311,6 +332,251 @@ public:
     caf::anon_send(registry_, unsub_atom::value, handle);
   }
 
+  // -- accounts ----------------------------------------------------------------
+
+  std::vector<account_view> accounts() override {
+    auto live = live_counts();
+    std::lock_guard<std::mutex> guard{accounts_mtx_};
+    std::vector<account_view> out;
+    for (auto& [name, acct] : accounts_)
+      out.push_back(view_of(acct, live));
+    return out;
+  }
+
+  caf::expected<account_view> add_account(const account& requested,
+                                          const secret_map& secrets) override {
+    std::lock_guard<std::mutex> guard{accounts_mtx_};
+    auto cur = editable_settings();
+    if (!cur)
+      return cur.error();
+    if (accounts_.count(requested.name) != 0)
+      return make_error(errc::already_exists,
+                        "account '" + requested.name + "' exists; `aloft account rm "
+                          + requested.name + "` first, or change it with `aloft account set`");
+    auto normal = normalized(requested);
+    if (!normal)
+      return normal.error();
+    auto& a = *normal;
+    for (auto& key : required_secrets(a.provider)) {
+      auto i = secrets.find(key);
+      if (i == secrets.end() || i->second.empty())
+        return make_error(errc::invalid_argument,
+                          "account '" + a.name + "' (" + a.provider + ") needs the secret '"
+                            + key + "'; nothing was stored");
+    }
+    for (auto& [key, value] : secrets)
+      register_secret(value);
+    if (auto err = validate_credentials(a, secrets))
+      return annotate(err, "account '" + a.name + "' not added (nothing was stored)");
+    if (!secrets.empty()) {
+      if (!creds_)
+        return make_error(errc::unavailable, "account '" + a.name
+                                               + "' not added: no credential store ("
+                                               + creds_problem_ + ")");
+      if (auto err = creds_->put(a.name, secrets))
+        return annotate(err, "account '" + a.name + "' not added: store its secrets in "
+                               + creds_->location());
+    }
+    cur->accounts.push_back(a);
+    if (auto err = save_settings(home_.settings_path(), *cur)) {
+      if (!secrets.empty())
+        ignore_error(creds_->erase(a.name));
+      return annotate(err, "account '" + a.name + "' not added");
+    }
+    install(a, secrets);
+    return view_of(a, live_counts());
+  }
+
+  caf::error validate_account(const std::string& name) override {
+    account a;
+    secret_map secrets;
+    {
+      std::lock_guard<std::mutex> guard{accounts_mtx_};
+      auto i = accounts_.find(name);
+      if (i == accounts_.end())
+        return unknown_account(name);
+      a = i->second;
+      auto got = secrets_of(a);
+      if (!got)
+        return got.error();
+      secrets = std::move(*got);
+    }
+    if (auto err = validate_credentials(a, secrets))
+      return annotate(err, "account '" + name + "'");
+    return {};
+  }
+
+  caf::expected<account_view> set_account(const std::string& name, const std::string& key,
+                                          const std::string& value, bool apply_to_running,
+                                          size_t* rearmed) override {
+    std::lock_guard<std::mutex> guard{accounts_mtx_};
+    auto i = accounts_.find(name);
+    if (i == accounts_.end())
+      return unknown_account(name);
+    auto cur = editable_settings();
+    if (!cur)
+      return cur.error();
+    auto a = i->second;
+    if (auto err = set_account_field(a, key, value))
+      return annotate(err, "account '" + name + "'");
+    if (auto err = aloft::validate_account(a))
+      return annotate(err, "account '" + name + "'");
+    put_account(*cur, a);
+    if (auto err = save_settings(home_.settings_path(), *cur))
+      return err;
+    bool is_guard = key == "idle_timeout_s" || key == "hard_timeout_s"
+                    || key == "auto_destroy_on_idle" || key == "hard_warning_s"
+                    || key == "max_concurrent_vms";
+    if (is_guard || key == "enabled") {
+      accounts_[name] = a;
+      caf::anon_send(registry_, account_atom::value, a);
+    } else {
+      auto secrets = secrets_of(a);
+      install(a, secrets ? *secrets : secret_map{});
+    }
+    size_t n = 0;
+    if (apply_to_running && is_guard) {
+      auto r = call<uint64_t>(guards_atom::value, name, a.guards);
+      n = r ? static_cast<size_t>(*r) : 0;
+    }
+    if (rearmed)
+      *rearmed = n;
+    return view_of(a, live_counts());
+  }
+
+  caf::error enable_account(const std::string& name, bool enabled) override {
+    auto r = set_account(name, "enabled", enabled ? "true" : "false", false, nullptr);
+    return r ? caf::error{} : r.error();
+  }
+
+  caf::error set_default_account(const std::string& name) override {
+    std::lock_guard<std::mutex> guard{accounts_mtx_};
+    if (accounts_.count(name) == 0)
+      return unknown_account(name);
+    auto cur = editable_settings();
+    if (!cur)
+      return cur.error();
+    cur->default_account = name;
+    if (auto err = save_settings(home_.settings_path(), *cur))
+      return err;
+    default_account_ = name;
+    return {};
+  }
+
+  caf::error remove_account(const std::string& name, bool force) override {
+    if (name == "local")
+      return make_error(errc::failed_precondition,
+                        "the local account is built in and cannot be removed; `aloft "
+                        "account disable local` stops new sessions on it");
+    {
+      std::lock_guard<std::mutex> guard{accounts_mtx_};
+      if (accounts_.count(name) == 0)
+        return unknown_account(name);
+      if (auto cur = editable_settings(); !cur)
+        return cur.error();
+    }
+    auto live = live_sessions_of(name);
+    if (!live.empty() && !force)
+      return make_error(errc::failed_precondition,
+                        "account '" + name + "' has " + std::to_string(live.size())
+                          + " live session(s) (" + join(live) + "); stop them, or `aloft "
+                          "account rm " + name + " --force` destroys them first");
+    for (auto& id : live)
+      if (auto err = destroy(id); err && code_of(err) != errc::failed_precondition)
+        return annotate(err, "account '" + name + "' kept: destroy session " + id);
+    // Destroying waits for the provider; the account's client stays alive for
+    // those sessions after the account is gone from settings.
+    std::lock_guard<std::mutex> guard{accounts_mtx_};
+    auto cur = editable_settings();
+    if (!cur)
+      return cur.error();
+    auto& list = cur->accounts;
+    list.erase(std::remove_if(list.begin(), list.end(),
+                              [&](const account& a) { return a.name == name; }),
+               list.end());
+    if (cur->default_account == name)
+      cur->default_account.clear();
+    if (auto err = save_settings(home_.settings_path(), *cur))
+      return err;
+    if (creds_ && !creds_->read_only())
+      if (auto old = creds_->get(name)) {
+        for (auto& [k, v] : *old)
+          forget_secret(v);
+        if (auto err = creds_->erase(name))
+          return annotate(err, "account '" + name + "' removed from settings, but its "
+                                 "secrets are still in " + creds_->location());
+      }
+    accounts_.erase(name);
+    clients_.erase(name);
+    problems_.erase(name);
+    if (default_account_ == name)
+      default_account_ = pick_default(*cur);
+    caf::anon_send(registry_, forget_atom::value, name);
+    return {};
+  }
+
+  reload_report reload() override {
+    std::lock_guard<std::mutex> guard{accounts_mtx_};
+    reload_report report;
+    auto load = load_settings(home_.settings_path());
+    for (auto& p : load.problems)
+      report.problems.push_back(p.describe());
+    reopen_credentials(load.value.credential_store, report.problems);
+    std::map<std::string, account> next;
+    next["local"] = default_local_account();
+    for (auto& a : load.value.accounts)
+      next[a.name] = a;
+    auto live = live_counts();
+    // Accounts gone from the file: removed, unless they still have live
+    // sessions, or the file has problems (a broken entry is not a removal).
+    for (auto& [name, old] : accounts_) {
+      if (next.count(name) != 0)
+        continue;
+      if (!load.problems.empty()) {
+        report.problems.push_back("account '" + name
+                                  + "' kept as it was until settings.json loads cleanly");
+        next[name] = old;
+      } else if (live[name] > 0) {
+        report.problems.push_back("account '" + name + "' is gone from settings.json but has "
+                                  + std::to_string(live[name])
+                                  + " live session(s); kept until they end");
+        next[name] = old;
+      } else {
+        report.removed.push_back(name);
+      }
+    }
+    for (auto& name : report.removed) {
+      accounts_.erase(name);
+      clients_.erase(name);
+      problems_.erase(name);
+      caf::anon_send(registry_, forget_atom::value, name);
+    }
+    for (auto& [name, a] : next) {
+      auto old = accounts_.find(name);
+      if (old == accounts_.end()) {
+        auto secrets = secrets_of(a);
+        install(a, secrets ? *secrets : secret_map{});
+        report.added.push_back(name);
+        continue;
+      }
+      if (to_json(old->second) == to_json(a))
+        continue;
+      report.changed.push_back(name);
+      if (old->second.provider == a.provider && old->second.options == a.options) {
+        old->second = a;
+        caf::anon_send(registry_, account_atom::value, a);
+      } else {
+        auto secrets = secrets_of(a);
+        install(a, secrets ? *secrets : secret_map{});
+      }
+    }
+    default_account_ = pick_default(load.value);
+    if (!load.value.default_account.empty() && accounts_.count(load.value.default_account) == 0)
+      report.problems.push_back("default_account '" + load.value.default_account
+                                + "' is not an account; using '" + default_account_ + "'");
+    return report;
+  }
+
 private:
   template <class T, class... Ts>
   caf::expected<T> call(Ts&&... xs) {
@@ -354,6 +620,199 @@ private:
     return r;
   }
 
+
+  // -- accounts: helpers (callers hold accounts_mtx_) ---------------------------
+
+  // Reads settings.json and the credential store at open; returns problems.
+  std::vector<std::string> load_accounts() {
+    std::vector<std::string> problems;
+    auto load = load_settings(home_.settings_path());
+    for (auto& p : load.problems)
+      problems.push_back(p.describe());
+    reopen_credentials(load.value.credential_store, problems);
+    install_quietly(default_local_account(), {});
+    for (auto& a : load.value.accounts) {
+      auto secrets = secrets_of(a);
+      if (!secrets)
+        problems.push_back(describe(secrets.error()));
+      install_quietly(a, secrets ? *secrets : secret_map{});
+    }
+    default_account_ = pick_default(load.value);
+    return problems;
+  }
+
+  void reopen_credentials(const std::string& kind, std::vector<std::string>& problems) {
+    if (creds_ && (kind.empty() || kind == creds_->kind()))
+      return;
+    auto store = open_credential_store(kind, home_.data_dir);
+    if (store) {
+      creds_ = std::move(*store);
+      creds_problem_.clear();
+    } else {
+      creds_problem_ = describe(store.error());
+      problems.push_back("credential store: " + creds_problem_);
+    }
+  }
+
+  std::string pick_default(const settings& s) const {
+    if (!s.default_account.empty() && accounts_.count(s.default_account) != 0)
+      return s.default_account;
+    return "local";
+  }
+
+  // The settings file as it is now, for a change: refused while the file
+  // has problems, so a write never drops an entry the user is fixing.
+  caf::expected<settings> editable_settings() {
+    auto load = load_settings(home_.settings_path());
+    if (!load.problems.empty()) {
+      std::string all;
+      for (auto& p : load.problems)
+        all += "\n  " + p.describe();
+      return make_error(errc::failed_precondition,
+                        "settings.json has problems; fix them first (nothing was changed):"
+                          + all);
+    }
+    return std::move(load.value);
+  }
+
+  static void put_account(settings& s, const account& a) {
+    for (auto& x : s.accounts)
+      if (x.name == a.name) {
+        x = a;
+        return;
+      }
+    s.accounts.push_back(a);
+  }
+
+  // `requested` with every option checked and the provider's defaults
+  // applied, exactly as loading the file would give it back.
+  caf::expected<account> normalized(const account& requested) {
+    account a;
+    a.name = requested.name;
+    a.provider = requested.provider;
+    a.enabled = requested.enabled;
+    a.guards = requested.guards;
+    a.max_concurrent_vms = requested.max_concurrent_vms;
+    if (auto err = aloft::validate_account(a))
+      return err;
+    for (auto& [k, v] : requested.options)
+      if (auto err = apply_option(a, k, v))
+        return annotate(err, "account '" + a.name + "'");
+    settings one;
+    one.accounts.push_back(a);
+    auto back = parse_settings(to_json(one).dump(), "the new account");
+    if (!back.problems.empty() || back.value.accounts.size() != 1)
+      return make_error(errc::invalid_argument,
+                        back.problems.empty() ? "account '" + a.name + "' does not validate"
+                                              : back.problems.front().describe());
+    return back.value.accounts.front();
+  }
+
+  caf::expected<secret_map> secrets_of(const account& a) {
+    if (required_secrets(a.provider).empty())
+      return secret_map{};
+    if (!creds_)
+      return make_error(errc::unavailable, "account '" + a.name
+                                             + "': no credential store (" + creds_problem_ + ")");
+    auto got = creds_->get(a.name);
+    if (!got)
+      return annotate(got.error(), "account '" + a.name + "': its secrets are not in "
+                                     + creds_->location() + "; add it again with `aloft "
+                                     "account add`");
+    for (auto& [k, v] : *got)
+      register_secret(v);
+    return got;
+  }
+
+  caf::expected<std::shared_ptr<provider>> make_client(const account& a, const secret_map&) {
+    if (a.provider == "local") {
+      local_provider_options lopts;
+      // Each local account has sandboxes of its own, so one account's
+      // reconcile never lists another's VMs.
+      lopts.sandboxes_dir = a.name == "local" ? home_.sandboxes_dir()
+                                              : home_.sandboxes_dir() + "-" + a.name;
+      lopts.exec = pool_;
+      return make_local_provider(lopts);
+    }
+    return make_error(errc::unimplemented, "the " + a.provider
+                                             + " provider is not in this build yet");
+  }
+
+  // Makes the account live: its client and its actor (replacing any).
+  void install(const account& a, const secret_map& secrets) {
+    install_quietly(a, secrets);
+    caf::anon_send(registry_, account_atom::value, a, clients_[a.name]);
+  }
+
+  void install_quietly(const account& a, const secret_map& secrets) {
+    accounts_[a.name] = a;
+    auto client = make_client(a, secrets);
+    if (client) {
+      clients_[a.name] = *client;
+      problems_.erase(a.name);
+    } else {
+      clients_[a.name] = nullptr;
+      problems_[a.name] = describe(client.error());
+    }
+  }
+
+  account_view view_of(const account& a, const std::map<std::string, size_t>& live) {
+    account_view v;
+    v.account = a;
+    v.is_default = a.name == default_account_;
+    v.built_in = a.name == "local";
+    v.can_launch = clients_.count(a.name) != 0 && clients_[a.name] != nullptr;
+    if (auto i = live.find(a.name); i != live.end())
+      v.live_sessions = i->second;
+    if (auto p = problems_.find(a.name); p != problems_.end())
+      v.problem = p->second;
+    if (!required_secrets(a.provider).empty()) {
+      if (creds_) {
+        v.store = creds_->kind();
+        auto got = creds_->get(a.name);
+        if (got) {
+          for (auto& [k, val] : *got) {
+            register_secret(val);
+            v.secrets[k] = mask_secret(val);
+          }
+        } else if (v.problem.empty()) {
+          v.problem = "no secrets in " + creds_->location();
+        }
+      } else if (v.problem.empty()) {
+        v.problem = "no credential store: " + creds_problem_;
+      }
+    }
+    return v;
+  }
+
+  std::map<std::string, size_t> live_counts() {
+    std::map<std::string, size_t> out;
+    for (auto& rec : list())
+      if (!is_terminal(rec.state))
+        ++out[rec.account];
+    return out;
+  }
+
+  std::vector<std::string> live_sessions_of(const std::string& name) {
+    std::vector<std::string> out;
+    for (auto& rec : list())
+      if (rec.account == name && !is_terminal(rec.state))
+        out.push_back(rec.id);
+    return out;
+  }
+
+  static std::string join(const std::vector<std::string>& xs) {
+    std::string out;
+    for (auto& x : xs)
+      out += (out.empty() ? "" : ", ") + x;
+    return out;
+  }
+
+  caf::error unknown_account(const std::string& name) const {
+    return make_error(errc::not_found, "no account '" + name + "'; known accounts: "
+                                         + account_names());
+  }
+
   std::string account_names() const {
     std::string out;
     for (auto& [name, a] : accounts_)
@@ -370,7 +829,12 @@ private:
   std::shared_ptr<thread_pool> pool_;
   std::unique_ptr<transport_factory> transports_;
   caf::actor registry_;
+  std::mutex accounts_mtx_; // accounts_, clients_, problems_, creds_, default
   std::map<std::string, account> accounts_;
+  std::map<std::string, std::shared_ptr<provider>> clients_; // null: cannot launch
+  std::map<std::string, std::string> problems_;
+  std::unique_ptr<credential_store> creds_;
+  std::string creds_problem_;
   std::string default_account_;
   std::atomic<uint64_t> next_subscriber_{0};
 };

@@ -450,6 +450,156 @@ op_result op_sync_state(engine& e, const json& args) {
   return j;
 }
 
+
+// -- accounts -------------------------------------------------------------------
+
+// Secrets travel only in `account_add`'s `secrets` object. Their values are
+// never rendered into a message, whatever is wrong with them.
+caf::expected<secret_map> read_secrets(const json& args) {
+  secret_map out;
+  auto v = args.find("secrets");
+  if (!v)
+    return out;
+  if (!v->is_object())
+    return make_error(errc::invalid_argument,
+                      "account_add: args.secrets: expected an object of strings");
+  for (size_t i = 0; i < v->keys().size(); ++i) {
+    auto& key = v->keys()[i];
+    auto& val = v->items()[i];
+    if (key.empty() || key.size() > 64 || has_control_chars(key, false))
+      return make_error(errc::invalid_argument,
+                        "account_add: args.secrets: a key is empty, too long or has "
+                        "control characters");
+    if (!val.is_string() || val.as_string().empty() || val.as_string().size() > 16384
+        || has_control_chars(val.as_string(), false))
+      return make_error(errc::invalid_argument,
+                        "account_add: args.secrets." + key
+                          + ": expected a non-empty string of at most 16 KiB without "
+                            "control characters (its value is not shown)");
+    out[key] = val.as_string();
+  }
+  return out;
+}
+
+op_result op_account_list(engine& e, const json& args) {
+  arg_reader r{args, "account_list"};
+  if (auto err = r.finish())
+    return err;
+  auto list = json::array();
+  for (auto& v : e.accounts())
+    list.push_back(to_json(v));
+  return json::object().set("accounts", std::move(list));
+}
+
+op_result op_account_add(engine& e, const json& args) {
+  arg_reader r{args, "account_add"};
+  account a;
+  a.name = r.str("name", true, max_account_chars);
+  a.provider = r.str("provider", true, 32);
+  if (auto opts = r.member("options")) {
+    if (!opts->is_object())
+      r.fail("options", "expected an object of strings, got " + rendering(*opts));
+    else
+      for (size_t i = 0; i < opts->keys().size(); ++i) {
+        auto& val = opts->items()[i];
+        if (!val.is_string())
+          r.fail("options", opts->keys()[i] + ": expected a string, got " + rendering(val));
+        else
+          a.options[opts->keys()[i]] = val.as_string();
+      }
+  }
+  a.guards.idle_timeout_s = r.integer("idle_timeout_s", a.guards.idle_timeout_s, 1,
+                                      max_timeout_s);
+  a.guards.hard_timeout_s = r.integer("hard_timeout_s", a.guards.hard_timeout_s, 1,
+                                      max_timeout_s);
+  a.guards.auto_destroy_on_idle = r.boolean("auto_destroy_on_idle", true);
+  a.max_concurrent_vms = static_cast<int>(r.integer("max_concurrent_vms",
+                                                    a.max_concurrent_vms, 1, 100000));
+  r.member("secrets"); // read below, never rendered
+  if (auto err = r.finish())
+    return err;
+  auto secrets = read_secrets(args);
+  if (!secrets)
+    return secrets.error();
+  auto v = e.add_account(a, *secrets);
+  if (!v)
+    return v.error();
+  return to_json(*v);
+}
+
+op_result op_account_validate(engine& e, const json& args) {
+  arg_reader r{args, "account_validate"};
+  auto name = r.str("name", true, max_account_chars);
+  if (auto err = r.finish())
+    return err;
+  if (auto err = e.validate_account(name))
+    return err;
+  return json::object().set("name", name).set("valid", true);
+}
+
+op_result op_account_set(engine& e, const json& args) {
+  arg_reader r{args, "account_set"};
+  auto name = r.str("name", true, max_account_chars);
+  auto key = r.str("key", true, 64);
+  auto value = r.str("value", true, 4096);
+  auto apply = r.boolean("apply_to_running", false);
+  if (auto err = r.finish())
+    return err;
+  size_t rearmed = 0;
+  auto v = e.set_account(name, key, value, apply, &rearmed);
+  if (!v)
+    return v.error();
+  auto j = to_json(*v);
+  j.set("rearmed_sessions", static_cast<int64_t>(rearmed));
+  return j;
+}
+
+op_result account_toggle(engine& e, const json& args, const char* op, bool on) {
+  arg_reader r{args, op};
+  auto name = r.str("name", true, max_account_chars);
+  if (auto err = r.finish())
+    return err;
+  if (auto err = e.enable_account(name, on))
+    return err;
+  return json::object().set("name", name).set("enabled", on);
+}
+
+op_result op_account_enable(engine& e, const json& args) {
+  return account_toggle(e, args, "account_enable", true);
+}
+
+op_result op_account_disable(engine& e, const json& args) {
+  return account_toggle(e, args, "account_disable", false);
+}
+
+op_result op_account_default(engine& e, const json& args) {
+  arg_reader r{args, "account_default"};
+  auto name = r.str("name", true, max_account_chars);
+  if (auto err = r.finish())
+    return err;
+  if (auto err = e.set_default_account(name))
+    return err;
+  return json::object().set("name", name).set("default", true);
+}
+
+op_result op_account_rm(engine& e, const json& args) {
+  arg_reader r{args, "account_rm"};
+  auto name = r.str("name", true, max_account_chars);
+  auto force = r.boolean("force", false);
+  if (auto err = r.finish())
+    return err;
+  if (auto err = e.remove_account(name, force))
+    return err;
+  return json::object().set("name", name).set("removed", true);
+}
+
+op_result op_reload(engine& e, const json& args) {
+  arg_reader r{args, "reload"};
+  if (auto err = r.finish())
+    return err;
+  return to_json(e.reload());
+}
+
 struct op_entry {
   const char* name;
   op_fn fn;
@@ -473,6 +623,15 @@ constexpr op_entry ops[] = {
   {"sync_up", op_sync_up, op_pace::minutes},
   {"sync_down", op_sync_down, op_pace::minutes},
   {"sync_state", op_sync_state, op_pace::seconds},
+  {"account_list", op_account_list},
+  {"account_add", op_account_add, op_pace::seconds},
+  {"account_validate", op_account_validate, op_pace::seconds},
+  {"account_set", op_account_set},
+  {"account_enable", op_account_enable},
+  {"account_disable", op_account_disable},
+  {"account_default", op_account_default},
+  {"account_rm", op_account_rm, op_pace::minutes},
+  {"reload", op_reload},
 };
 
 op_result op_hello(engine& e, const json& args) {
@@ -746,6 +905,8 @@ bool is_long_op(std::string_view op) {
 }
 
 caf::error check_long_op_args(const request& req) {
+  if (req.op.rfind("account_", 0) == 0)
+    return {}; // checked by the op itself; nothing slow happens before that
   if (req.op == "sync_up" || req.op == "sync_state") {
     auto id = read_id_args(req.args, req.op);
     return id ? caf::error{} : id.error();
@@ -929,6 +1090,35 @@ json to_json(const attach_info& a) {
   j.set("host_public_key", a.endpoint.host_public_key);
   j.set("command", a.command);
   return j;
+}
+
+json to_json(const account_view& v) {
+  auto j = to_json(v.account);
+  j.set("default", v.is_default);
+  j.set("built_in", v.built_in);
+  j.set("can_launch", v.can_launch);
+  auto secrets = json::object();
+  for (auto& [k, masked] : v.secrets)
+    secrets.set(k, masked);
+  j.set("secrets", std::move(secrets));
+  j.set("store", v.store);
+  j.set("live_sessions", static_cast<int64_t>(v.live_sessions));
+  j.set("problem", v.problem);
+  return j;
+}
+
+json to_json(const reload_report& r) {
+  auto list = [](const std::vector<std::string>& xs) {
+    auto a = json::array();
+    for (auto& x : xs)
+      a.push_back(x);
+    return a;
+  };
+  return json::object()
+    .set("added", list(r.added))
+    .set("changed", list(r.changed))
+    .set("removed", list(r.removed))
+    .set("problems", list(r.problems));
 }
 
 } // namespace aloft

@@ -42,7 +42,10 @@ namespace aloft {
 //   1: the first version.
 //   2: adds `sync_up`, `sync_down` and `sync_state` (long ops) and `sync`
 //      events.
-constexpr int protocol_version = 2;
+//   3: adds the account ops (`account_list`, `account_add`,
+//      `account_validate`, `account_set`, `account_enable`,
+//      `account_disable`, `account_default`, `account_rm`) and `reload`.
+constexpr int protocol_version = 3;
 
 /// The longest request line the daemon accepts (without its newline).
 constexpr size_t max_request_bytes = size_t{1} << 20;
@@ -192,5 +195,11 @@ json to_json(const sync_result& r);
 /// {"local_changed", "vm_changed": true, false or null (unknown),
 ///  "local_note", "vm_note"}; the op adds "id".
 json to_json(const sync_status& s);
+/// The account's settings (as settings.json holds them) plus "default",
+/// "built_in", "can_launch", "secrets" (masked), "store", "live_sessions",
+/// "problem".
+json to_json(const account_view& v);
+/// {"added", "changed", "removed", "problems"}: arrays of strings.
+json to_json(const reload_report& r);
 
 } // namespace aloft

@@ -9,6 +9,7 @@
 #include "engine/app/daemon.hpp"
 #include "engine/app/protocol.hpp"
 #include "engine/base/error.hpp"
+#include "engine/base/redact.hpp"
 #include "engine/home.hpp"
 
 namespace aloft {
@@ -21,6 +22,11 @@ std::atomic<daemon*> signal_target{nullptr};
 extern "C" void on_stop_signal(int) {
   if (auto d = signal_target.load())
     d->stop(); // async-signal-safe: an atomic store and a write(2)
+}
+
+extern "C" void on_reload_signal(int) {
+  if (auto d = signal_target.load())
+    d->reload(); // the same: an atomic store and a write(2)
 }
 
 int fail(const cli_command& cmd, std::ostream& out, std::ostream& err,
@@ -59,7 +65,9 @@ int run_serve(const cli_command& cmd, std::ostream& out, std::ostream& err) {
   if (!eng)
     return fail(cmd, out, err, annotate(eng.error(), "cannot open the engine"));
   daemon_options dopts;
-  dopts.log = [&err](const std::string& line) { err << "aloft serve: " << line << "\n"; };
+  dopts.log = [&err](const std::string& line) {
+    err << "aloft serve: " << redact(line) << "\n";
+  };
   daemon d{**eng, socket, dopts};
   if (auto e = d.listen())
     return fail(cmd, out, err, e);
@@ -68,9 +76,13 @@ int run_serve(const cli_command& cmd, std::ostream& out, std::ostream& err) {
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
-  struct sigaction old_int {}, old_term {}, old_pipe {};
+  struct sigaction old_int {}, old_term {}, old_pipe {}, old_hup {};
   ::sigaction(SIGINT, &sa, &old_int);
   ::sigaction(SIGTERM, &sa, &old_term);
+  struct sigaction hup {};
+  hup.sa_handler = on_reload_signal;
+  sigemptyset(&hup.sa_mask);
+  ::sigaction(SIGHUP, &hup, &old_hup);
   // A client that goes away mid-reply must not kill the daemon (sends use
   // MSG_NOSIGNAL; this covers anything else that writes to a socket).
   struct sigaction ignore {};
@@ -84,13 +96,14 @@ int run_serve(const cli_command& cmd, std::ostream& out, std::ostream& err) {
     out << encode_line(j) << std::flush;
   } else {
     out << "aloft: serving on " << socket << " (home " << layout.data_dir
-        << "); stop with Ctrl-C or SIGTERM" << std::endl;
+        << "); stop with Ctrl-C or SIGTERM, reload settings with SIGHUP" << std::endl;
   }
   auto result = d.run();
 
   ::sigaction(SIGINT, &old_int, nullptr);
   ::sigaction(SIGTERM, &old_term, nullptr);
   ::sigaction(SIGPIPE, &old_pipe, nullptr);
+  ::sigaction(SIGHUP, &old_hup, nullptr);
   signal_target.store(nullptr);
   if (result)
     return fail(cmd, out, err, result);

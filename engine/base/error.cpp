@@ -1,4 +1,5 @@
 #include "engine/base/error.hpp"
+#include "engine/base/redact.hpp"
 
 #include <cstring>
 
@@ -24,6 +25,9 @@ caf::atom_value error_category() {
 }
 
 caf::error make_error(errc code, std::string message) {
+  // Whatever path produced the text, a stored secret never travels on in it.
+  if (!is_clean(message))
+    message = redact(message);
   return caf::error{static_cast<uint8_t>(code), error_category(),
                     caf::make_message(std::move(message))};
 }

@@ -22,6 +22,7 @@
 #include "engine/session_record.hpp"
 #include "persistence/store.hpp"
 #include "providers/fake/fake_provider.hpp"
+#include "tests/app/cli_driver.hpp"
 #include "tests/support/local_vm.hpp"
 
 namespace aloft {
@@ -29,19 +30,12 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Polls a condition on real processes every 50 ms until it holds or the bound
-// passes (each poll may spawn the CLI, so not every millisecond).
-bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds bound) {
-  auto until = std::chrono::steady_clock::now() + bound;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > until)
-      return false;
-    std::this_thread::sleep_for(50ms);
-  }
-  return true;
-}
-
-const std::string aloft_bin = std::string{ALOFT_BINARY_DIR} + "/aloft";
+using test::aloft_bin;
+using test::cli;
+using test::eventually;
+using test::reaper;
+using test::start_daemon;
+using test::stop_daemon;
 
 std::string read_file(const std::string& path) {
   std::ifstream in{path, std::ios::binary};
@@ -49,78 +43,6 @@ std::string read_file(const std::string& path) {
   ss << in.rdbuf();
   return ss.str();
 }
-
-// Runs `aloft --home H args...` to completion; returns its stdout.
-std::string cli(const std::string& home, std::vector<std::string> args, int* rc = nullptr) {
-  int out[2];
-  EXPECT_EQ(::pipe(out), 0);
-  auto pid = ::fork();
-  if (pid == 0) {
-    ::dup2(out[1], 1);
-    ::close(out[0]);
-    ::close(out[1]);
-    std::vector<std::string> all = {aloft_bin, "--home", home};
-    all.insert(all.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : all)
-      argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(aloft_bin.c_str(), argv.data());
-    ::_exit(127);
-  }
-  ::close(out[1]);
-  std::string text;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(out[0], buf, sizeof(buf))) > 0)
-    text.append(buf, static_cast<size_t>(n));
-  ::close(out[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  if (rc)
-    *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return text;
-}
-
-pid_t start_daemon(const std::string& home) {
-  auto pid = ::fork();
-  if (pid == 0) {
-    int devnull = ::open("/dev/null", O_WRONLY);
-    ::dup2(devnull, 1);
-    ::dup2(devnull, 2);
-    ::execl(aloft_bin.c_str(), aloft_bin.c_str(), "serve", "--home", home.c_str(),
-            static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  // Ready once the CLI gets an answer.
-  EXPECT_TRUE(eventually([&] {
-    int rc = -1;
-    cli(home, {"ls"}, &rc);
-    return rc == 0;
-  }, 20s)) << "daemon did not answer";
-  return pid;
-}
-
-void stop_daemon(pid_t pid, int sig) {
-  ::kill(pid, sig);
-  int status;
-  ::waitpid(pid, &status, 0);
-}
-
-// Whatever a test leaves running under its home (a daemon after a failed
-// assertion, a sandbox's sshd and agent) is ended when the test ends.
-struct reaper {
-  std::string home;
-  pid_t* daemon;
-  ~reaper() {
-    if (*daemon > 0) {
-      ::kill(*daemon, SIGKILL);
-      ::waitpid(*daemon, nullptr, 0);
-    }
-    for (auto pid : test::processes_matching(home))
-      ::kill(pid, SIGKILL);
-  }
-};
 
 json show(const std::string& home, const std::string& id) {
   auto j = json::parse(cli(home, {"--json", "show", id}));

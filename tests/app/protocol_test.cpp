@@ -54,14 +54,16 @@ TEST_F(protocol_test, hello_reports_protocol_version_and_ops) {
   EXPECT_GE(result(r).find("ops")->size(), 12u);
   auto v = call("version");
   EXPECT_EQ(result(v).get_int("protocol"), protocol_version);
-  EXPECT_EQ(protocol_version, 2);
+  EXPECT_EQ(protocol_version, 3);
   auto ops = result(r).find("ops");
-  bool up = false, down = false;
+  bool up = false, down = false, add = false, reload = false;
   for (auto& op : ops->items()) {
     up = up || op.as_string() == "sync_up";
     down = down || op.as_string() == "sync_down";
+    add = add || op.as_string() == "account_add";
+    reload = reload || op.as_string() == "reload";
   }
-  EXPECT_TRUE(up && down) << ops->dump();
+  EXPECT_TRUE(up && down && add && reload) << ops->dump();
 }
 
 TEST_F(protocol_test, string_ids_are_echoed_and_missing_id_is_null) {

@@ -95,7 +95,7 @@ TEST(reconcile, plans) {
     vm("vm-x", "s-x", "k-x"),          // nobody's: destroy
     vm("vm-o", "s-o", "k-o", "i-2"),   // another installation: not ours
   };
-  auto plan = plan_reconcile("i-1", sessions, observed);
+  auto plan = plan_reconcile("i-1", "", sessions, observed);
   std::vector<std::string> destroyed;
   for (auto& v : plan.destroy)
     destroyed.push_back(v.vm_id);
@@ -106,8 +106,29 @@ TEST(reconcile, plans) {
   EXPECT_EQ(plan.reasons.size(), plan.destroy.size());
 }
 
+TEST(reconcile, another_accounts_vms_are_left_to_that_account) {
+  auto mine = live("s-a", "k-a", "vm-a");
+  mine.account = "fly-a";
+  auto theirs = live("s-b", "k-b", "", session_state::provisioning);
+  theirs.account = "fly-b";
+  auto theirs_done = live("s-c", "k-c", "vm-c", session_state::destroyed);
+  theirs_done.account = "fly-b";
+  std::vector<vm_info> observed = {
+    vm("vm-a", "s-a", "k-a"),   // mine: keep
+    vm("vm-b", "s-b", "k-b"),   // fly-b's interrupted create: not adopted here
+    vm("vm-b2", "s-b", "k-x"),  // fly-b's business, even if odd
+    vm("vm-c", "s-c", "k-c"),   // fly-b's destroyed session: fly-b destroys it
+    vm("vm-x", "s-x", "k-x"),   // nobody's: either account may destroy it
+  };
+  auto plan = plan_reconcile("i-1", "fly-a", {mine, theirs, theirs_done}, observed);
+  ASSERT_EQ(plan.destroy.size(), 1u);
+  EXPECT_EQ(plan.destroy[0].vm_id, "vm-x");
+  EXPECT_TRUE(plan.adopt.empty());
+  EXPECT_EQ(plan.keep.size(), 4u);
+}
+
 TEST(reconcile, an_empty_list_destroys_and_adopts_nothing) {
-  auto plan = plan_reconcile("i-1", {live("s-a", "k-a", "vm-a")}, {});
+  auto plan = plan_reconcile("i-1", "", {live("s-a", "k-a", "vm-a")}, {});
   EXPECT_TRUE(plan.destroy.empty());
   EXPECT_TRUE(plan.adopt.empty());
 }
