@@ -2,6 +2,7 @@
 
 #include <deque>
 #include <random>
+#include <set>
 
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
@@ -33,10 +34,10 @@ public:
     return {
       [=](actor_task& t) { t.fn(); },
       [=](create_atom, const vm_request& req) {
-        return call<vm_info>("create VM for " + req.session_id,
-                             [req](provider& p, provider::callback<vm_info> cb) {
-                               p.create(req, std::move(cb));
-                             });
+        return call<vm_info>(
+          "create VM for " + req.session_id,
+          [req](provider& p, provider::callback<vm_info> cb) { p.create(req, std::move(cb)); },
+          call_kind::create);
       },
       [=](ready_atom, const std::string& vm_id) {
         return call<vm_info>("wait for VM " + vm_id,
@@ -66,14 +67,17 @@ public:
                                    else
                                      cb(done_atom::value);
                                  });
-                               });
+                               },
+                               call_kind::destroy, vm_id);
       },
       [=](reconcile_atom, const session_records& sessions) -> caf::result<done_atom> {
         auto rp = make_response_promise();
         this->request(caf::actor_cast<caf::actor>(this), caf::infinite, list_atom::value)
           .then(
             [=](const vm_infos& observed) mutable {
-              apply(plan_reconcile(env_.installation_id, acct_.name, sessions, observed));
+              auto plan = plan_reconcile(env_.installation_id, acct_.name, sessions, observed);
+              count_live(plan, sessions);
+              apply(plan);
               rp.deliver(done_atom::value);
             },
             [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
@@ -85,7 +89,11 @@ public:
 private:
   using starter = std::function<void(provider&, std::function<void(caf::expected<caf::message>)>)>;
 
+  enum class call_kind { other, create, destroy };
+
   struct pending_call {
+    call_kind kind = call_kind::other;
+    std::string vm_id; // destroy: which
     std::string what;
     starter start;
     caf::response_promise rp;
@@ -95,9 +103,12 @@ private:
   // Starts (or queues) a provider call whose result is delivered to the
   // current request's sender, retrying retryable failures.
   template <class T, class Start>
-  caf::result<T> call(std::string what, Start start) {
+  caf::result<T> call(std::string what, Start start, call_kind kind = call_kind::other,
+                      std::string vm_id = {}) {
     auto rp = make_response_promise();
     pending_call pc;
+    pc.kind = kind;
+    pc.vm_id = std::move(vm_id);
     pc.what = std::move(what);
     pc.start = [start](provider& p, std::function<void(caf::expected<caf::message>)> done) {
       start(p, [done](caf::expected<T> r) {
@@ -134,9 +145,18 @@ private:
   void finished(pending_call& pc, caf::expected<caf::message> r) {
     --in_flight_;
     if (r) {
+      if (pc.kind == call_kind::create && r->match_elements<vm_info>())
+        live_vms_.insert(r->get_as<vm_info>(0).vm_id);
+      else if (pc.kind == call_kind::destroy)
+        live_vms_.erase(pc.vm_id);
       pc.rp.deliver(std::move(*r));
     } else {
       auto err = annotate(r.error(), acct_.name + ": " + pc.what);
+      // A quota or rate limit says so, with what this account has running:
+      // the user decides whether to stop sessions or raise the limit.
+      if (code_of(err) == errc::resource_exhausted)
+        err = annotate(err, "provider quota or rate limit (account " + acct_.name + " has "
+                              + std::to_string(live_vms_.size()) + " live VMs)");
       auto d = decide_retry(err, pc.attempt, env_.retry, jitter_(rng_));
       if (d.retry) {
         auto next = std::make_shared<pending_call>(std::move(pc));
@@ -152,6 +172,20 @@ private:
       queue_.pop_front();
       start_call(std::move(next));
     }
+  }
+
+  // What the provider lists for this account's own sessions is what is live.
+  void count_live(const reconcile_plan& plan, const session_records& sessions) {
+    std::set<std::string> mine;
+    for (auto& rec : sessions)
+      if (rec.account == acct_.name)
+        mine.insert(rec.id);
+    live_vms_.clear();
+    for (auto& vm : plan.keep)
+      if (mine.count(vm.session_id) != 0)
+        live_vms_.insert(vm.vm_id);
+    for (auto& a : plan.adopt)
+      live_vms_.insert(a.vm.vm_id);
   }
 
   void apply(const reconcile_plan& plan) {
@@ -191,6 +225,7 @@ private:
   std::shared_ptr<provider> client_;
   account_env env_;
   size_t in_flight_ = 0;
+  std::set<std::string> live_vms_; // created or listed, not yet destroyed
   std::deque<pending_call> queue_;
   std::mt19937 rng_{std::random_device{}()};
   std::uniform_real_distribution<double> jitter_{0.0, 1.0};
