@@ -355,7 +355,44 @@ private:
     });
   }
 
+  // Hands the agent its secrets (if it takes any) in a file the runner
+  // reads and deletes, then starts it. The values come from the credential
+  // store now: they are never part of the record.
   void launch_agent() {
+    if (rec_.agent_secrets.empty() || !env_->agent_secrets) {
+      start_agent();
+      return;
+    }
+    auto vars = env_->agent_secrets(rec_);
+    if (!vars) {
+      fail("agent secrets: " + describe(vars.error()));
+      return;
+    }
+    auto self_handle = caf::actor_cast<caf::actor>(this);
+    auto gen = transport_gen_;
+    exec_callbacks cb;
+    cb.on_exit = [this, self_handle, gen](const caf::error& err, int code) {
+      caf::anon_send(self_handle, actor_task{[this, gen, err, code] {
+        if (gen != transport_gen_)
+          return;
+        if (err) {
+          on_connection_lost("hand the agent its secrets: " + describe(err));
+          return;
+        }
+        if (code != 0) {
+          fail("could not write the agent's environment on the VM (exit code "
+               + std::to_string(code) + ")");
+          return;
+        }
+        start_agent();
+      }});
+    };
+    auto ch = transport_->exec(agent_env_command(rec_.workdir), std::move(cb));
+    ch->write(agent_env_file(*vars));
+    ch->close_stdin();
+  }
+
+  void start_agent() {
     auto self_handle = caf::actor_cast<caf::actor>(this);
     auto gen = transport_gen_;
     auto out = std::make_shared<std::string>();

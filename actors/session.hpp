@@ -32,10 +32,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <utility>
+#include <vector>
 #include <string>
 
 #include <caf/actor.hpp>
+#include <caf/expected.hpp>
 #include <caf/fwd.hpp>
 
 #include "engine/home.hpp"
@@ -47,6 +51,11 @@ class store;
 class wall_clock;
 class transport_factory;
 class executor;
+
+/// The values of a session's agent secrets, by name, from the credential
+/// store (called when the agent starts; may read a file).
+using agent_secrets_fn = std::function<caf::expected<std::vector<std::pair<std::string, std::string>>>(
+  const session_record&)>;
 
 struct session_env {
   store* db = nullptr;
@@ -62,6 +71,7 @@ struct session_env {
   int64_t provider_timeout_ms = 120'000; // a destroy or get that never answers
   uint64_t cpu_activity_ticks = 5;  // CPU ticks per probe that count as busy
   bool ssh_keys = true;             // make per-session SSH keys
+  agent_secrets_fn agent_secrets;   // empty: agents get no secrets
 };
 
 caf::actor spawn_session(caf::actor_system& sys, session_record rec, caf::actor account,

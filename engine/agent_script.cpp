@@ -31,6 +31,7 @@ namespace {
 // SID of the agent's whole process tree) and the agent's exit code.
 const char* runner_script = R"(cd "$W" || { echo 127 > "$S/exit"; exit 1; }
 echo $$ > "$S/pid"
+if [ -f "$S/agent.env" ]; then set -a; . "$S/agent.env"; set +a; rm -f "$S/agent.env"; fi
 if [ -n "$ALOFT_TMUX" ]; then
   ( sh "$S/agent.sh"; echo $? > "$S/exit.tmp"; mv "$S/exit.tmp" "$S/exit" ) 2>&1 | tee -a "$S/agent.log"
 else
@@ -63,6 +64,29 @@ std::string agent_launch_command(const std::string& workdir) {
       << "else setsid sh \"$S/run.sh\" < /dev/null > /dev/null 2>&1 & fi; "
       << "touch \"$S/started\"; echo started";
   return cmd.str();
+}
+
+std::string agent_env_command(const std::string& workdir) {
+  auto state = shell_quote(agent_state_dir(workdir));
+  return "S=" + state + "; umask 077; mkdir -p \"$S\" || exit 1; "
+         "cat > \"$S/agent.env.tmp\" && mv \"$S/agent.env.tmp\" \"$S/agent.env\"";
+}
+
+std::string agent_env_file(const std::vector<std::pair<std::string, std::string>>& vars) {
+  std::string out;
+  for (auto& [name, value] : vars)
+    out += "export " + name + "=" + shell_quote(value) + "\n";
+  return out;
+}
+
+bool is_env_name(const std::string& name) {
+  if (name.empty() || name.size() > 128 || (name[0] >= '0' && name[0] <= '9'))
+    return false;
+  for (char c : name)
+    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
+          || c == '_'))
+      return false;
+  return true;
 }
 
 std::string agent_tail_command(const std::string& workdir, uint64_t offset) {

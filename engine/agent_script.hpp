@@ -5,6 +5,7 @@
 // the engine's. Everything lives in the VM's state directory next to the
 // worktree:
 //   agent.sh  the agent command          run.sh   the runner
+//   agent.env the agent's secrets (0600), read and deleted by the runner
 //   agent.log the agent's output          pid      the runner's pid (= SID)
 //   exit      the exit code, once done    started  launch happened
 //   tmux.sock the tmux server of the agent's terminal
@@ -17,6 +18,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace aloft {
 
@@ -30,6 +33,18 @@ std::string agent_state_dir(const std::string& workdir);
 /// retried after a crash does not start it twice). Reads the agent command
 /// from stdin.
 std::string agent_launch_command(const std::string& workdir);
+
+/// Writes the agent's environment file (0600) from stdin, before the launch;
+/// the runner exports it into the agent's environment and deletes it, so
+/// the secrets live only in the agent's processes.
+std::string agent_env_command(const std::string& workdir);
+
+/// The environment file's text: `export NAME='value'` lines.
+/// REQUIRES: every name satisfies `is_env_name`.
+std::string agent_env_file(const std::vector<std::pair<std::string, std::string>>& vars);
+
+/// Whether `name` can be an environment variable's name for a shell.
+bool is_env_name(const std::string& name);
 
 /// Streams the log from byte `offset` on, forever (`tail -F`).
 std::string agent_tail_command(const std::string& workdir, uint64_t offset);

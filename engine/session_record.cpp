@@ -86,6 +86,11 @@ json to_json(const session_record& r) {
   j.set("agent_status", to_string(r.agent_status));
   j.set("exit_code", r.exit_code);
   j.set("log_offset", static_cast<long long>(r.log_offset));
+  j.set("profile", r.profile);
+  auto names = json::array();
+  for (auto& n : r.agent_secrets)
+    names.push_back(n);
+  j.set("agent_secrets", std::move(names));
   j.set("auto_destroy", r.auto_destroy);
   j.set("idle_timeout_ms", r.idle_timeout_ms);
   j.set("created_at", r.created_at);
@@ -161,6 +166,14 @@ caf::expected<session_record> session_record_from_json(const json& j) {
   r.synced_down = j.get_string("synced_down");
   r.vm_synced_down = j.get_bool("vm_synced_down", false);
   r.safety_ref = j.get_string("safety_ref");
+  r.profile = j.get_string("profile");
+  if (auto names = j.find("agent_secrets"); names && names->is_array())
+    for (auto& n : names->items()) {
+      if (!n.is_string())
+        return make_error(errc::data_loss, "session record " + r.id
+                                             + " has a secret name that is not a string");
+      r.agent_secrets.push_back(n.as_string());
+    }
   r.transitions = static_cast<uint64_t>(j.get_int("transitions"));
   return r;
 }

@@ -20,10 +20,13 @@
 //       with auto_destroy = true and agent_status derived from exit_code.
 //   v3: adds synced_up, synced_down, vm_synced_down, safety_ref (sync).
 //       Older records read with them empty.
+//   v4: adds profile and agent_secrets (the names of the secrets handed to
+//       the agent; never their values). Older records read with none.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <caf/expected.hpp>
 
@@ -63,7 +66,7 @@ const char* to_string(agent_status s);
 bool agent_status_from_string(const std::string& name, agent_status& out);
 
 struct session_record {
-  static constexpr int current_version = 3;
+  static constexpr int current_version = 4;
 
   int version = current_version;
   std::string id;
@@ -88,6 +91,10 @@ struct session_record {
   aloft::agent_status agent_status = aloft::agent_status::not_started;
   int exit_code = -1;
   uint64_t log_offset = 0; // bytes of the agent's log already delivered
+  std::string profile;     // the agent profile launched, if any
+  // Names of the account's secrets put in the agent's environment; the
+  // values are read from the credential store when the agent starts.
+  std::vector<std::string> agent_secrets;
 
   // Cost guards: absolute wall-clock times in ms since the epoch.
   bool auto_destroy = true;

@@ -37,6 +37,11 @@ caf::error engine::enable_account(const std::string&, bool) {
   return no_accounts();
 }
 
+caf::error engine::set_account_secret(const std::string&, const std::string&,
+                                      const std::string&) {
+  return no_accounts();
+}
+
 caf::error engine::set_default_account(const std::string&) {
   return no_accounts();
 }

@@ -29,7 +29,10 @@ namespace aloft {
 
 struct launch_request {
   std::string account;   // empty: the default account
-  std::string agent_cmd; // required
+  std::string agent_cmd; // required unless the profile gives one
+  /// An agent profile from settings.json: its command (unless agent_cmd is
+  /// given) and the secrets put in the agent's environment.
+  std::string profile;
   std::string worktree;  // local path; empty: the current directory
   int64_t idle_timeout_s = -1; // < 0: the account's guard
   int64_t hard_timeout_s = -1;
@@ -186,6 +189,11 @@ public:
                                                   size_t* rearmed = nullptr);
 
   virtual caf::error enable_account(const std::string& name, bool enabled);
+
+  /// Adds or replaces one secret of an account (an agent's key, or a new
+  /// provider token, which is validated first). A failure stores nothing.
+  virtual caf::error set_account_secret(const std::string& name, const std::string& key,
+                                        const std::string& value);
 
   /// Makes `name` the account `launch` uses without one.
   virtual caf::error set_default_account(const std::string& name);

@@ -64,7 +64,9 @@ const std::vector<command_spec>& commands() {
     {"launch",
      {},
      {
-       {"--agent", nullptr, "CMD", "the agent's command line (required)"},
+       {"--agent", nullptr, "CMD", "the agent's command line"},
+       {"--profile", nullptr, "NAME",
+        "an agent profile from settings.json: its command and secrets"},
        {"--account", nullptr, "NAME", "the provider account (default: local)"},
        {"--worktree", nullptr, "PATH", "the local worktree of the session (default: .)"},
        {"--idle-timeout", nullptr, "S",
@@ -75,7 +77,8 @@ const std::vector<command_spec>& commands() {
      },
      "start an agent in a new VM session",
      "Provisions a VM with the account's provider and starts the agent\n"
-     "there. Prints the new session's id; follow it with\n"
+     "there (--agent, or a profile's command; a profile's secrets are read\n"
+     "from the account's credentials and put in the agent's environment). Prints the new session's id; follow it with\n"
      "`aloft logs ID -f`. Timeouts default to the account's guards."},
     {"ls",
      {},
@@ -187,6 +190,7 @@ const std::vector<command_spec>& commands() {
      "  account enable|disable NAME\n"
      "  account default NAME                      the account launch uses\n"
      "  account rm NAME [--force]\n"
+     "  account secret NAME KEY                   add or replace one secret\n"
      "`add` reads the secrets (Fly and Vercel: a token; Modal: token id and\n"
      "secret) from a prompt that does not echo, or one per line from stdin;\n"
      "never from the command line. It checks them against the provider's API\n"
@@ -246,7 +250,7 @@ caf::error check_id(const std::string& id) {
 caf::error parse_account_positionals(cli_command& cmd, const std::vector<std::string>& pos) {
   static const std::pair<const char*, size_t> subs[] = {
     {"add", 1}, {"ls", 0}, {"validate", 1}, {"set", 3}, {"enable", 1},
-    {"disable", 1}, {"default", 1}, {"rm", 1},
+    {"disable", 1}, {"default", 1}, {"rm", 1}, {"secret", 2},
   };
   const char* hint = " (see aloft account --help)";
   if (pos.empty())
@@ -261,15 +265,16 @@ caf::error parse_account_positionals(cli_command& cmd, const std::vector<std::st
     return usage_error("unknown account subcommand '" + cmd.subcommand + "'" + hint);
   if (pos.size() - 1 < want)
     return usage_error("account " + cmd.subcommand + " needs "
-                       + (want == 3 ? "NAME KEY VALUE" : "NAME") + hint);
+                       + (want == 3 ? "NAME KEY VALUE" : want == 2 ? "NAME KEY" : "NAME")
+                       + hint);
   if (pos.size() - 1 > want)
     return usage_error("unexpected argument '" + pos[want + 1] + "'" + hint);
   if (want >= 1)
     cmd.account_name = pos[1];
-  if (want == 3) {
+  if (want >= 2)
     cmd.key = pos[2];
+  if (want == 3)
     cmd.value = pos[3];
-  }
   bool adding = cmd.subcommand == "add";
   if (adding && cmd.provider.empty())
     return usage_error("account add needs --provider (local, fly, modal or vercel)");
@@ -329,6 +334,8 @@ caf::error apply_flag(cli_command& cmd, const std::string& flag, const std::stri
     cmd.force = true;
   else if (flag == "--agent")
     cmd.agent = value;
+  else if (flag == "--profile")
+    cmd.profile = value;
   else if (flag == "--account")
     cmd.account = value;
   else if (flag == "--worktree")
@@ -1103,8 +1110,9 @@ caf::expected<cli_command> parse_cli(const std::vector<std::string>& args) {
       return usage_error("extend: " + message_of(d.error()));
     cmd.seconds = *d;
   }
-  if (cmd.name == "launch" && cmd.agent.empty())
-    return usage_error("launch needs --agent CMD (the agent's command line)" + usage_hint);
+  if (cmd.name == "launch" && cmd.agent.empty() && cmd.profile.empty())
+    return usage_error("launch needs --agent CMD (the agent's command line) or --profile NAME"
+                       + usage_hint);
   return cmd;
 }
 
@@ -1225,7 +1233,10 @@ json request_for(const cli_command& cmd, int64_t request_id) {
   auto& n = cmd.name;
   if (n == "launch") {
     req.set("op", "launch");
-    args.set("agent", cmd.agent);
+    if (!cmd.agent.empty())
+      args.set("agent", cmd.agent);
+    if (!cmd.profile.empty())
+      args.set("profile", cmd.profile);
     if (!cmd.account.empty())
       args.set("account", cmd.account);
     if (!cmd.worktree.empty())
@@ -1280,6 +1291,10 @@ json request_for(const cli_command& cmd, int64_t request_id) {
       if (cmd.max_vms > 0)
         args.set("max_concurrent_vms", cmd.max_vms);
       // Secrets are read and added by run_client, never from arguments.
+    } else if (sub == "secret") {
+      req.set("op", "account_secret");
+      args.set("name", cmd.account_name).set("key", cmd.key);
+      // The value is read and added by run_client.
     } else if (sub == "set") {
       req.set("op", "account_set");
       args.set("name", cmd.account_name).set("key", cmd.key).set("value", cmd.value);
@@ -1857,6 +1872,9 @@ std::string format_account_result(const cli_command& cmd, const json& r) {
     return "account " + printable(cmd.account_name) + " is the default for `aloft launch`\n";
   if (sub == "rm")
     return "removed account " + printable(cmd.account_name) + " and its secrets\n";
+  if (sub == "secret")
+    return "stored secret " + printable(cmd.key) + " of account "
+           + printable(cmd.account_name) + "\n";
   return {};
 }
 
@@ -1902,6 +1920,15 @@ int run_client(const cli_command& cmd, std::ostream& out, std::ostream& err,
       return ctx.fail(wt.error());
     auto args = *req.find("args");
     args.set("worktree", *wt);
+    req.set("args", std::move(args));
+  }
+  if (cmd.name == "account" && cmd.subcommand == "secret") {
+    auto value = read_secret(0, "secret " + cmd.key + " for account " + cmd.account_name + ": ",
+                             err);
+    if (!value)
+      return ctx.fail(value.error());
+    auto args = *req.find("args");
+    args.set("value", *value);
     req.set("args", std::move(args));
   }
   if (cmd.name == "account" && cmd.subcommand == "add") {

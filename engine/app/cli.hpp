@@ -56,6 +56,7 @@ struct cli_command {
   // launch
   std::string account;
   std::string agent;
+  std::string profile; // launch --profile
   std::string worktree;
   int64_t idle_timeout_s = -1;
   int64_t hard_timeout_s = -1;
@@ -79,7 +80,7 @@ struct cli_command {
   // account SUBCOMMAND [NAME [KEY VALUE]]
   std::string subcommand; // add, ls, validate, set, enable, disable, default, rm
   std::string account_name; // the account (`account` subcommands)
-  std::string key, value; // account set
+  std::string key, value; // account set; account secret: key only
   std::string provider;   // account add --provider
   std::vector<std::pair<std::string, std::string>> options; // provider options
   std::vector<std::string> secret_names; // account add --secret NAME: more to read

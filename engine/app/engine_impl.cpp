@@ -108,6 +108,7 @@ public:
     senv->installation_id = installation_id_;
     senv->status_interval_s = ov.status_interval_s;
     senv->retry_delay_ms = ov.retry_delay_ms;
+    senv->agent_secrets = [this](const session_record& rec) { return agent_secrets_of(rec); };
     if (!ov.no_agent) {
       transports_ = make_ssh_transport_factory();
       senv->transports = transports_.get();
@@ -161,13 +162,27 @@ public:
   std::string installation_id() const override { return installation_id_; }
 
   caf::expected<session_record> launch(const launch_request& req) override {
-    if (req.agent_cmd.empty())
-      return make_error(errc::invalid_argument,
-                        "launch needs an agent command (--agent CMD)");
     session_record rec;
+    rec.agent_cmd = req.agent_cmd;
     account acct;
     {
       std::lock_guard<std::mutex> guard{accounts_mtx_};
+      if (!req.profile.empty()) {
+        auto p = std::find_if(profiles_.begin(), profiles_.end(),
+                              [&](const agent_profile& x) { return x.name == req.profile; });
+        if (p == profiles_.end())
+          return make_error(errc::invalid_argument,
+                            "no agent profile '" + req.profile
+                              + "' in settings.json (profiles: " + profile_names() + ")");
+        rec.profile = p->name;
+        rec.agent_secrets = p->secrets;
+        if (rec.agent_cmd.empty())
+          rec.agent_cmd = p->command;
+      }
+      if (rec.agent_cmd.empty())
+        return make_error(errc::invalid_argument,
+                          "launch needs an agent command (--agent CMD) or a profile "
+                          "(--profile NAME)");
       rec.account = req.account.empty() ? default_account_ : req.account;
       auto i = accounts_.find(rec.account);
       if (i == accounts_.end())
@@ -175,6 +190,17 @@ public:
                           "unknown account '" + rec.account + "'; known accounts: "
                             + account_names());
       acct = i->second;
+      // Every secret the agent needs must be there now, not at its start.
+      if (!rec.agent_secrets.empty()) {
+        auto have = creds_ ? creds_->get(acct.name) : caf::expected<secret_map>{secret_map{}};
+        for (auto& name : rec.agent_secrets)
+          if (!have || find_secret(*have, name) == nullptr)
+            return make_error(errc::failed_precondition,
+                              "profile '" + rec.profile + "' hands the agent the secret "
+                                + name + ", which account '" + acct.name
+                                + "' does not have; add it with `aloft account secret "
+                                + acct.name + " " + name + "`");
+      }
     }
     if (!acct.enabled)
       return make_error(errc::failed_precondition,
@@ -201,7 +227,6 @@ public:
     rec.id = make_session_id();
     rec.provider = acct.provider;
     rec.idempotency_key = make_idempotency_key();
-    rec.agent_cmd = req.agent_cmd;
     rec.worktree = resolved;
     rec.auto_destroy = req.auto_destroy >= 0 ? req.auto_destroy == 1
                                              : g.auto_destroy_on_idle;
@@ -449,6 +474,38 @@ public:
     return r ? caf::error{} : r.error();
   }
 
+  caf::error set_account_secret(const std::string& name, const std::string& key,
+                                const std::string& value) override {
+    std::lock_guard<std::mutex> guard{accounts_mtx_};
+    auto i = accounts_.find(name);
+    if (i == accounts_.end())
+      return unknown_account(name);
+    auto required = required_secrets(i->second.provider);
+    bool provider_key = std::find(required.begin(), required.end(), key) != required.end();
+    if (!provider_key && !is_env_name(key))
+      return make_error(errc::invalid_argument,
+                        "secret name '" + key + "': expected an environment variable's name "
+                          "(letters, digits and _, not starting with a digit)");
+    if (value.empty())
+      return make_error(errc::invalid_argument, "the secret " + key + " is empty");
+    if (!creds_)
+      return make_error(errc::unavailable, "no credential store (" + creds_problem_ + ")");
+    auto now = creds_->get(name);
+    secret_map next = now ? *now : secret_map{};
+    next[key] = value;
+    register_secret(value);
+    if (provider_key)
+      if (auto err = validate_credentials(i->second, next))
+        return annotate(err, "account '" + name + "': the new " + key
+                               + " was not stored");
+    if (auto err = creds_->put(name, next))
+      return annotate(err, "account '" + name + "': store the secret in "
+                             + creds_->location());
+    if (provider_key)
+      install(i->second, next);
+    return {};
+  }
+
   caf::error set_default_account(const std::string& name) override {
     std::lock_guard<std::mutex> guard{accounts_mtx_};
     if (accounts_.count(name) == 0)
@@ -571,6 +628,7 @@ public:
       }
     }
     default_account_ = pick_default(load.value);
+    profiles_ = load.value.profiles;
     if (!load.value.default_account.empty() && accounts_.count(load.value.default_account) == 0)
       report.problems.push_back("default_account '" + load.value.default_account
                                 + "' is not an account; using '" + default_account_ + "'");
@@ -638,6 +696,7 @@ private:
       install_quietly(a, secrets ? *secrets : secret_map{});
     }
     default_account_ = pick_default(load.value);
+    profiles_ = load.value.profiles;
     return problems;
   }
 
@@ -646,7 +705,8 @@ private:
       return;
     auto store = open_credential_store(kind, home_.data_dir);
     if (store) {
-      creds_ = std::move(*store);
+      std::lock_guard<std::mutex> guard{creds_mtx_};
+      creds_ = std::shared_ptr<credential_store>{std::move(*store)};
       creds_problem_.clear();
     } else {
       creds_problem_ = describe(store.error());
@@ -813,6 +873,37 @@ private:
                                          + account_names());
   }
 
+  caf::expected<std::vector<std::pair<std::string, std::string>>>
+  agent_secrets_of(const session_record& rec) {
+    std::shared_ptr<credential_store> store;
+    {
+      std::lock_guard<std::mutex> guard{creds_mtx_};
+      store = creds_;
+    }
+    if (!store)
+      return make_error(errc::unavailable, "no credential store");
+    auto have = store->get(rec.account);
+    if (!have)
+      return annotate(have.error(), "secrets of account '" + rec.account + "'");
+    std::vector<std::pair<std::string, std::string>> out;
+    for (auto& name : rec.agent_secrets) {
+      auto value = find_secret(*have, name);
+      if (value == nullptr)
+        return make_error(errc::not_found, "account '" + rec.account
+                                             + "' has no secret " + name);
+      register_secret(*value);
+      out.emplace_back(name, *value);
+    }
+    return out;
+  }
+
+  std::string profile_names() const {
+    std::string out;
+    for (auto& p : profiles_)
+      out += (out.empty() ? "" : ", ") + p.name;
+    return out.empty() ? "none" : out;
+  }
+
   std::string account_names() const {
     std::string out;
     for (auto& [name, a] : accounts_)
@@ -833,9 +924,14 @@ private:
   std::map<std::string, account> accounts_;
   std::map<std::string, std::shared_ptr<provider>> clients_; // null: cannot launch
   std::map<std::string, std::string> problems_;
-  std::unique_ptr<credential_store> creds_;
+  // Swapped only under creds_mtx_ (reload); readers take a copy, so an
+  // actor thread reading an agent's secrets never waits on accounts_mtx_,
+  // which engine calls hold while they ask the registry.
+  std::mutex creds_mtx_;
+  std::shared_ptr<credential_store> creds_;
   std::string creds_problem_;
   std::string default_account_;
+  std::vector<agent_profile> profiles_;
   std::atomic<uint64_t> next_subscriber_{0};
 };
 

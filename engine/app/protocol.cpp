@@ -270,7 +270,10 @@ op_result op_launch(engine& e, const json& args) {
   arg_reader r{args, "launch"};
   launch_request req;
   req.account = r.str("account", false, max_account_chars);
-  req.agent_cmd = r.str("agent", true, max_agent_chars, true);
+  req.agent_cmd = r.str("agent", false, max_agent_chars, true);
+  req.profile = r.str("profile", false, max_account_chars);
+  if (req.agent_cmd.empty() && req.profile.empty() && !args.find("agent"))
+    r.fail("agent", "is required (a non-empty string) unless a profile gives it");
   req.worktree = r.str("worktree", false, max_path_chars);
   req.idle_timeout_s = r.integer("idle_timeout_s", -1, 1, max_timeout_s);
   req.hard_timeout_s = r.integer("hard_timeout_s", -1, 1, max_timeout_s);
@@ -572,6 +575,25 @@ op_result op_account_disable(engine& e, const json& args) {
   return account_toggle(e, args, "account_disable", false);
 }
 
+// The secret's value is never rendered into a message.
+op_result op_account_secret(engine& e, const json& args) {
+  arg_reader r{args, "account_secret"};
+  auto name = r.str("name", true, max_account_chars);
+  auto key = r.str("key", true, 128);
+  r.member("value");
+  if (auto err = r.finish())
+    return err;
+  auto v = args.find("value");
+  if (!v || !v->is_string() || v->as_string().empty() || v->as_string().size() > 16384
+      || has_control_chars(v->as_string(), false))
+    return make_error(errc::invalid_argument,
+                      "account_secret: args.value: expected a non-empty string of at most "
+                      "16 KiB without control characters (its value is not shown)");
+  if (auto err = e.set_account_secret(name, key, v->as_string()))
+    return err;
+  return json::object().set("name", name).set("key", key).set("stored", true);
+}
+
 op_result op_account_default(engine& e, const json& args) {
   arg_reader r{args, "account_default"};
   auto name = r.str("name", true, max_account_chars);
@@ -630,6 +652,7 @@ constexpr op_entry ops[] = {
   {"account_enable", op_account_enable},
   {"account_disable", op_account_disable},
   {"account_default", op_account_default},
+  {"account_secret", op_account_secret, op_pace::seconds},
   {"account_rm", op_account_rm, op_pace::minutes},
   {"reload", op_reload},
 };

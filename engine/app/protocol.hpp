@@ -44,7 +44,8 @@ namespace aloft {
 //      events.
 //   3: adds the account ops (`account_list`, `account_add`,
 //      `account_validate`, `account_set`, `account_enable`,
-//      `account_disable`, `account_default`, `account_rm`) and `reload`.
+//      `account_disable`, `account_default`, `account_secret`,
+//      `account_rm`), `reload`, and `launch`'s `profile`.
 constexpr int protocol_version = 3;
 
 /// The longest request line the daemon accepts (without its newline).

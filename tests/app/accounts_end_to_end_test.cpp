@@ -4,6 +4,7 @@
 // refused while sessions live; and the secrets audit: a canary token added
 // through `account add` appears nowhere but in the credential store.
 #include <dirent.h>
+#include <glob.h>
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -12,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include "config/settings.hpp"
 #include "engine/base/json.hpp"
 #include "engine/base/proc_table.hpp"
 #include "persistence/store.hpp"
@@ -122,6 +124,18 @@ TEST(accounts_e2e, two_accounts_of_one_provider_each_session_honours_its_own_gua
 
 // -- secrets audit ----------------------------------------------------------------
 
+// The one path matching `pattern`, or "".
+std::string glob_one(const std::string& pattern) {
+  glob_t g;
+  std::string out;
+  if (::glob(pattern.c_str(), 0, nullptr, &g) == 0) {
+    if (g.gl_pathc > 0)
+      out = g.gl_pathv[0];
+    ::globfree(&g);
+  }
+  return out;
+}
+
 // Every regular file under `dir` whose bytes contain `needle`.
 std::vector<std::string> files_containing(const std::string& dir, const std::string& needle) {
   std::vector<std::string> out;
@@ -139,11 +153,14 @@ std::vector<std::string> files_containing(const std::string& dir, const std::str
 // Processes started for this home (sshd, shells, the agent's tmux) and the
 // daemon: their command lines and environments.
 std::vector<std::string> processes_showing(const std::string& home, pid_t daemon,
-                                           const std::string& needle) {
+                                           const std::string& needle,
+                                           const std::set<pid_t>& agent = {}) {
   std::vector<std::string> out;
   auto pids = test::processes_matching(home);
   pids.push_back(daemon);
   for (auto pid : pids) {
+    if (agent.count(pid) != 0)
+      continue;
     if (proc::cmdline(pid).find(needle) != std::string::npos)
       out.push_back(std::to_string(pid) + " cmdline");
     for (auto& e : proc::environ(pid))
@@ -199,20 +216,58 @@ TEST(accounts_e2e, a_canary_token_appears_only_in_the_credential_store) {
     << outputs.back();
   EXPECT_EQ(run({"account", "ls"}), 0);
   EXPECT_EQ(run({"--json", "account", "ls"}), 0);
+  // A profile (written by hand, as people do) hands the agent its key.
+  {
+    auto path = home.path() + "/settings.json";
+    auto load = load_settings(path);
+    ASSERT_TRUE(load.problems.empty());
+    agent_profile p;
+    p.name = "checker";
+    // The agent proves it has the key without printing it: its length.
+    p.command = "echo key-length-${#ANTHROPIC_API_KEY}; sleep 600";
+    p.secrets = {"ANTHROPIC_API_KEY"};
+    load.value.profiles.push_back(p);
+    ASSERT_FALSE(save_settings(path, load.value));
+  }
   EXPECT_EQ(run({"account", "validate", "fly-a"}), 0);
   echo_token = true;
   EXPECT_NE(run({"account", "validate", "fly-a"}), 0);
   EXPECT_NE(outputs.back().find("[redacted]"), std::string::npos) << outputs.back();
 
-  // A full session on the account with the agent secret.
+  EXPECT_EQ(run({"reload"}), 0);
+
+  // A full session on the account, its agent holding the secret.
   int rc = -1;
-  auto id = launch_on(home.path(), "dev", wt.path(), &rc);
-  ASSERT_FALSE(id.empty());
-  ASSERT_TRUE(eventually([&] { return show(home.path(), id).get_string("state") == "running"; },
-                         30s));
+  auto out = cli(home.path(), {"--json", "launch", "--account", "dev", "--profile", "checker",
+                               "--worktree", wt.path()},
+                 &rc);
+  ASSERT_EQ(rc, 0) << out;
+  auto launched = json::parse(out);
+  ASSERT_TRUE(launched);
+  auto id = launched->get_string("id");
+  auto local_log = home.path() + "/logs/" + id + ".log";
+  auto expected_line = "key-length-" + std::to_string(agent_canary.size());
+  ASSERT_TRUE(eventually([&] { return slurp(local_log).find(expected_line) != std::string::npos; },
+                         30s))
+    << slurp(local_log);
+  // The agent's own processes hold the key in their environment (the scan
+  // would see it); every other process of the engine's does not.
+  auto runner = std::atoi(slurp(glob_one(home.path() + "/sandboxes-dev/*/aloft/pid")).c_str());
+  ASSERT_GT(runner, 0);
+  auto agent_tree = proc::tree_of(runner);
+  agent_tree.erase(runner);
+  bool agent_has_it = false;
+  for (auto pid : agent_tree)
+    for (auto& e : proc::environ(pid))
+      agent_has_it = agent_has_it || e == "ANTHROPIC_API_KEY=" + agent_canary;
+  EXPECT_TRUE(agent_has_it);
   for (auto& needle : {canary, agent_canary})
-    EXPECT_EQ(processes_showing(home.path(), daemon, needle), std::vector<std::string>{})
+    EXPECT_EQ(processes_showing(home.path(), daemon, needle, agent_tree),
+              std::vector<std::string>{})
       << "a process shows " << needle;
+  EXPECT_TRUE(glob_one(home.path() + "/sandboxes-dev/*/aloft/agent.env").empty())
+    << "the agent's environment file stays on the VM";
+  EXPECT_EQ(run({"destroy", id}), 0);
   ASSERT_TRUE(eventually(
     [&] { return show(home.path(), id).get_string("state") == "destroyed"; }, 60s));
   EXPECT_EQ(run({"--json", "events", "-n", "10000"}), 0);
