@@ -376,12 +376,13 @@ public:
 
 // -- secret-service -----------------------------------------------------------
 
-// The few libsecret and GLib declarations used here, copied from their
+// The few libsecret, GLib and GIO declarations used here, copied from their
 // public headers (libsecret 0.18+, GLib 2.32+), so that building needs
 // neither. C enums are int-sized on every ABI Aloft builds for.
 namespace libsecret {
 
 struct GHashTable;
+struct GVariant;
 struct GList {
   void* data;
   GList* next;
@@ -412,7 +413,10 @@ struct schema {
   void* reserved7;
 };
 
-constexpr int search_all = 1 << 1; // SECRET_SEARCH_ALL
+constexpr int search_all = 1 << 1;              // SECRET_SEARCH_ALL
+constexpr int bus_type_session = 2;             // G_BUS_TYPE_SESSION
+constexpr int dbus_error_service_unknown = 2;   // G_DBUS_ERROR_SERVICE_UNKNOWN
+constexpr int dbus_error_name_has_no_owner = 3; // G_DBUS_ERROR_NAME_HAS_NO_OWNER
 
 struct api {
   // GLib
@@ -425,6 +429,18 @@ struct api {
   int (*g_str_equal)(const void*, const void*);
   void (*g_error_free)(GError*);
   void (*g_list_free_full)(GList*, void (*)(void*));
+  void (*g_free)(void*);
+  GVariant* (*g_variant_new)(const char*, ...);
+  void (*g_variant_get)(GVariant*, const char*, ...);
+  void (*g_variant_unref)(GVariant*);
+  // GIO
+  void* (*g_bus_get_sync)(int, void*, GError**);
+  int (*g_dbus_connection_is_closed)(void*);
+  void (*g_dbus_connection_set_exit_on_close)(void*, int);
+  GVariant* (*g_dbus_connection_call_sync)(void*, const char*, const char*, const char*,
+                                           const char*, GVariant*, const void*, int, int,
+                                           void*, GError**);
+  uint32_t (*g_dbus_error_quark)();
   // GObject
   void (*g_object_unref)(void*);
   // libsecret
@@ -436,6 +452,7 @@ struct api {
   GList* (*secret_service_search_sync)(void*, const schema*, GHashTable*, int, void*,
                                        GError**);
   GHashTable* (*secret_item_get_attributes)(void*);
+  void (*secret_service_disconnect)();
 };
 
 struct loaded {
@@ -462,11 +479,13 @@ const loaded& load() {
                   + std::string{msg ? msg : "unknown error"} + ")";
       return r;
     }
-    // libsecret links both; these calls only hand back their handles.
+    // libsecret links all three; these calls only hand back their handles.
     void* glib = ::dlopen("libglib-2.0.so.0", RTLD_NOW | RTLD_LOCAL);
     void* gobject = ::dlopen("libgobject-2.0.so.0", RTLD_NOW | RTLD_LOCAL);
-    if (!glib || !gobject) {
-      r.problem = "libglib-2.0.so.0 or libgobject-2.0.so.0 could not be loaded";
+    void* gio = ::dlopen("libgio-2.0.so.0", RTLD_NOW | RTLD_LOCAL);
+    if (!glib || !gobject || !gio) {
+      r.problem =
+          "libglib-2.0.so.0, libgobject-2.0.so.0 or libgio-2.0.so.0 could not be loaded";
       return r;
     }
     auto& f = r.fns;
@@ -479,6 +498,16 @@ const loaded& load() {
     resolve(glib, "g_str_equal", f.g_str_equal, p);
     resolve(glib, "g_error_free", f.g_error_free, p);
     resolve(glib, "g_list_free_full", f.g_list_free_full, p);
+    resolve(glib, "g_free", f.g_free, p);
+    resolve(glib, "g_variant_new", f.g_variant_new, p);
+    resolve(glib, "g_variant_get", f.g_variant_get, p);
+    resolve(glib, "g_variant_unref", f.g_variant_unref, p);
+    resolve(gio, "g_bus_get_sync", f.g_bus_get_sync, p);
+    resolve(gio, "g_dbus_connection_is_closed", f.g_dbus_connection_is_closed, p);
+    resolve(gio, "g_dbus_connection_set_exit_on_close",
+            f.g_dbus_connection_set_exit_on_close, p);
+    resolve(gio, "g_dbus_connection_call_sync", f.g_dbus_connection_call_sync, p);
+    resolve(gio, "g_dbus_error_quark", f.g_dbus_error_quark, p);
     resolve(gobject, "g_object_unref", f.g_object_unref, p);
     resolve(secret, "secret_password_storev_sync", f.secret_password_storev_sync, p);
     resolve(secret, "secret_password_lookupv_sync", f.secret_password_lookupv_sync, p);
@@ -486,6 +515,7 @@ const loaded& load() {
     resolve(secret, "secret_password_free", f.secret_password_free, p);
     resolve(secret, "secret_service_search_sync", f.secret_service_search_sync, p);
     resolve(secret, "secret_item_get_attributes", f.secret_item_get_attributes, p);
+    resolve(secret, "secret_service_disconnect", f.secret_service_disconnect, p);
     if (!p.empty())
       p = "libsecret-1.so.0 is too old: " + p;
     return r;
@@ -509,16 +539,74 @@ const schema aloft_schema = {
 
 } // namespace libsecret
 
-// Why the Secret Service cannot be used here, or "" when it can.
+constexpr const char* secrets_name = "org.freedesktop.secrets";
+
+// Whether the Secret Service's name has an owner on `bus`, or the bus can
+// start one (it is among the activatable names). Asks without starting it.
+// False with `gerr` set when the bus did not answer.
+bool bus_knows_secrets(const libsecret::api& f, void* bus, libsecret::GError** gerr) {
+  auto call = [&](const char* method, libsecret::GVariant* args) {
+    return f.g_dbus_connection_call_sync(bus, "org.freedesktop.DBus",
+                                         "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                         method, args, nullptr, 0, 5000, nullptr, gerr);
+  };
+  auto* owned = call("NameHasOwner", f.g_variant_new("(s)", secrets_name));
+  if (!owned)
+    return false;
+  int has_owner = 0;
+  f.g_variant_get(owned, "(b)", &has_owner);
+  f.g_variant_unref(owned);
+  if (has_owner)
+    return true;
+  auto* activatable = call("ListActivatableNames", nullptr);
+  if (!activatable)
+    return false;
+  const char** names = nullptr;
+  f.g_variant_get(activatable, "(^a&s)", &names);
+  bool found = false;
+  for (auto** n = names; n && *n; ++n)
+    found = found || std::string_view{*n} == secrets_name;
+  f.g_free(static_cast<void*>(names));
+  f.g_variant_unref(activatable);
+  return found;
+}
+
+// Why the Secret Service cannot be used here, or "" when it can: the session
+// bus answers, and the service's name has an owner or can be activated.
 std::string secret_service_problem() {
-  const char* bus = std::getenv("DBUS_SESSION_BUS_ADDRESS");
-  if (!bus || !*bus)
+  const char* address = std::getenv("DBUS_SESSION_BUS_ADDRESS");
+  if (!address || !*address)
     return "DBUS_SESSION_BUS_ADDRESS is not set (no session bus, as on a headless "
            "machine or over SSH)";
   auto& lib = libsecret::load();
   if (!lib.problem.empty())
     return lib.problem + "; install libsecret (Debian: libsecret-1-0)";
-  return {};
+  auto& f = lib.fns;
+  // The process's shared connection, the one libsecret uses too. GLib keeps
+  // it, even closed, for the life of the process.
+  libsecret::GError* gerr = nullptr;
+  void* bus = f.g_bus_get_sync(libsecret::bus_type_session, nullptr, &gerr);
+  auto bus_error = [&](const std::string& what) {
+    std::string msg = gerr && gerr->message ? gerr->message : "unknown error";
+    if (gerr)
+      f.g_error_free(gerr);
+    return what + ": " + msg;
+  };
+  if (!bus)
+    return bus_error("the session bus at DBUS_SESSION_BUS_ADDRESS does not answer");
+  // Aloft runs no GLib main loop, but if one ever ran, the bus going away
+  // must not end the process (GLib's default for this connection).
+  f.g_dbus_connection_set_exit_on_close(bus, 0);
+  std::string problem;
+  if (f.g_dbus_connection_is_closed(bus))
+    problem = "the session bus this process connected to has gone away; restart Aloft";
+  else if (!bus_knows_secrets(f, bus, &gerr))
+    problem =
+        gerr ? bus_error("cannot ask the session bus about " + std::string{secrets_name})
+             : "nothing on the session bus provides " + std::string{secrets_name}
+                   + " (no GNOME Keyring or KWallet running or installed)";
+  f.g_object_unref(bus);
+  return problem;
 }
 
 class secret_service_store final : public credential_store {
@@ -534,8 +622,10 @@ public:
   caf::expected<secret_map> get(const std::string& account) override {
     attributes attrs{f_, account};
     libsecret::GError* gerr = nullptr;
-    char* text = f_.secret_password_lookupv_sync(&libsecret::aloft_schema, attrs.table,
-                                                 nullptr, &gerr);
+    char* text = retrying(gerr, [&] {
+      return f_.secret_password_lookupv_sync(&libsecret::aloft_schema, attrs.table,
+                                             nullptr, &gerr);
+    });
     if (gerr)
       return failure(gerr, "read the secrets of account " + account);
     if (!text)
@@ -566,8 +656,11 @@ public:
     auto text = secrets_to_json(secrets).dump();
     auto label = "Aloft: secrets of account " + account;
     libsecret::GError* gerr = nullptr;
-    f_.secret_password_storev_sync(&libsecret::aloft_schema, attrs.table, nullptr,
-                                   label.c_str(), text.c_str(), nullptr, &gerr);
+    retrying(gerr, [&] {
+      return f_.secret_password_storev_sync(&libsecret::aloft_schema, attrs.table,
+                                            nullptr, label.c_str(), text.c_str(), nullptr,
+                                            &gerr);
+    });
     if (gerr)
       return failure(gerr, "store the secrets of account " + account);
     return {};
@@ -577,7 +670,10 @@ public:
     attributes attrs{f_, account};
     libsecret::GError* gerr = nullptr;
     // FALSE without an error means there was nothing to remove.
-    f_.secret_password_clearv_sync(&libsecret::aloft_schema, attrs.table, nullptr, &gerr);
+    retrying(gerr, [&] {
+      return f_.secret_password_clearv_sync(&libsecret::aloft_schema, attrs.table,
+                                            nullptr, &gerr);
+    });
     if (gerr)
       return failure(gerr, "remove the secrets of account " + account);
     return {};
@@ -586,9 +682,10 @@ public:
   std::vector<std::string> accounts() override {
     attributes attrs{f_, {}};
     libsecret::GError* gerr = nullptr;
-    auto* items =
-        f_.secret_service_search_sync(nullptr, &libsecret::aloft_schema, attrs.table,
-                                      libsecret::search_all, nullptr, &gerr);
+    auto* items = retrying(gerr, [&] {
+      return f_.secret_service_search_sync(nullptr, &libsecret::aloft_schema, attrs.table,
+                                           libsecret::search_all, nullptr, &gerr);
+    });
     if (gerr) {
       f_.g_error_free(gerr);
       return {};
@@ -627,6 +724,26 @@ private:
     std::string account_;
     libsecret::GHashTable* table = nullptr;
   };
+
+  // libsecret keeps one proxy for the service per process, bound to the
+  // service's unique bus name. When the service restarts (gnome-keyring
+  // replaced or crashed and activated again), every later call fails with
+  // "The name :1.N was not provided by any .service files". On that answer,
+  // drop the proxy and call once more through a fresh one. Other failures
+  // (a locked collection, a dismissed prompt, a time-out) are not repeated.
+  template <class Call>
+  auto retrying(libsecret::GError*& gerr, Call call) -> decltype(call()) {
+    auto result = call();
+    if (gerr && gerr->domain == f_.g_dbus_error_quark()
+        && (gerr->code == libsecret::dbus_error_service_unknown
+            || gerr->code == libsecret::dbus_error_name_has_no_owner)) {
+      f_.g_error_free(gerr);
+      gerr = nullptr;
+      f_.secret_service_disconnect();
+      result = call();
+    }
+    return result;
+  }
 
   // The one place a GError becomes an error. Secret Service messages carry
   // no secret values, but pass through `redact` all the same.

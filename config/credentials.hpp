@@ -19,8 +19,12 @@
 //   account named `fly-prod` as `fly`; `get("fly-prod")` is exact.
 // - secret-service: the freedesktop Secret Service (GNOME Keyring, KWallet)
 //   through libsecret, loaded at run time; unavailable when there is no
-//   session bus or no libsecret. One item per account, attributes
-//   {application: "aloft", account: NAME}, the secrets as a JSON object.
+//   libsecret, no session bus answering at DBUS_SESSION_BUS_ADDRESS, or
+//   nothing on it that owns or can start org.freedesktop.secrets. One item
+//   per account, attributes {application: "aloft", account: NAME}, the
+//   secrets as a JSON object. A store outlives a restart of the service
+//   (it reconnects), not of the session bus: GLib keeps a process's first
+//   session bus connection, so a new bus needs a new process.
 // - keychain: the macOS Keychain, compiled only in builds for Apple. One
 //   generic password per account (service "aloft"), the secrets as JSON.
 //
@@ -72,7 +76,8 @@ public:
 std::vector<std::string> credential_store_kinds();
 
 /// The platform's default store kind: "keychain" on Apple, "secret-service"
-/// on Linux when it is reachable now, else "file".
+/// on Linux when it is reachable now (see above; this asks the session bus),
+/// else "file".
 std::string default_credential_store_kind();
 
 /// Opens the store of `kind` ("" for the default). `state_dir` holds the
