@@ -186,6 +186,8 @@ TEST(accounts_e2e, a_canary_token_appears_only_in_the_credential_store) {
       return test::http_reply::json(401, "{\"error\":\"unauthorized\"}");
     return test::http_reply::json(200, "{\"tokens\":[{\"org_slug\":\"personal\"}]}");
   });
+  // The file store, whatever the desktop offers: the audit reads the file.
+  std::ofstream{home.path() + "/settings.json"} << R"({"version": 1, "credential_store": "file"})";
   auto log = home.path() + "/daemon.log";
   pid_t daemon = test::start_daemon(home.path(), log);
   test::reaper cleanup{home.path(), &daemon};

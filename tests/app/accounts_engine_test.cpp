@@ -40,6 +40,8 @@ protected:
         return test::http_reply::json(200, R"({"tokens":[{"org_slug":"acme"}]})");
       return test::http_reply::json(401, R"({"error":"unauthorized"})");
     });
+    // The file store, whatever the desktop offers: the tests read the file.
+    std::ofstream{home_.path() + "/settings.json"} << R"({"version": 1, "credential_store": "file"})";
     engine_options opts;
     opts.home = home_.path();
     opts.worker_threads = 1;
