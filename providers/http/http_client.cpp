@@ -2,61 +2,20 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <memory>
-#include <mutex>
-
-#include <curl/curl.h>
 
 #include "engine/base/error.hpp"
 #include "engine/base/json.hpp"
+#include "providers/http/curl_transfer.hpp"
 
 namespace aloft {
 
 namespace {
 
-/// Headers beyond this total are refused like an oversized body.
-constexpr size_t max_header_bytes = 256 * 1024;
+using http_detail::iequals;
+using http_detail::trim;
 
 /// A plain-text (non-JSON) error body longer than this is not quoted.
 constexpr size_t max_plain_error_body = 1024;
-
-char lower(char c) {
-  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
-bool iequals(std::string_view x, std::string_view y) {
-  if (x.size() != y.size())
-    return false;
-  for (size_t i = 0; i < x.size(); ++i)
-    if (lower(x[i]) != lower(y[i]))
-      return false;
-  return true;
-}
-
-std::string_view trim(std::string_view s) {
-  auto space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
-  while (!s.empty() && space(s.front()))
-    s.remove_prefix(1);
-  while (!s.empty() && space(s.back()))
-    s.remove_suffix(1);
-  return s;
-}
-
-bool is_token_char(char c) {
-  // RFC 9110 tchar.
-  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-    return true;
-  return std::string_view{"!#$%&'*+-.^_`|~"}.find(c) != std::string_view::npos;
-}
-
-bool is_token(std::string_view s) {
-  if (s.empty())
-    return false;
-  for (char c : s)
-    if (!is_token_char(c))
-      return false;
-  return true;
-}
 
 // -- UTF-8 ------------------------------------------------------------------
 
@@ -106,99 +65,6 @@ bool is_line_break_or_tab(uint32_t cp) {
          || cp == 0x85;
 }
 
-// -- libcurl ----------------------------------------------------------------
-
-std::once_flag curl_once;
-CURLcode curl_init_result = CURLE_OK;
-
-CURLcode ensure_curl_initialized() {
-  std::call_once(curl_once,
-                 [] { curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT); });
-  return curl_init_result;
-}
-
-struct easy_deleter {
-  void operator()(CURL* h) const { curl_easy_cleanup(h); }
-};
-
-struct slist_deleter {
-  void operator()(curl_slist* l) const { curl_slist_free_all(l); }
-};
-
-struct transfer_state {
-  http_response* resp;
-  size_t header_bytes = 0;
-  bool too_big = false;
-};
-
-size_t on_body(char* data, size_t size, size_t count, void* user) {
-  auto* st = static_cast<transfer_state*>(user);
-  auto len = size * count;
-  if (st->resp->body.size() + len > max_http_body) {
-    st->too_big = true;
-    return 0; // any short count makes libcurl abort the transfer
-  }
-  st->resp->body.append(data, len);
-  return len;
-}
-
-size_t on_header(char* data, size_t size, size_t count, void* user) {
-  auto* st = static_cast<transfer_state*>(user);
-  auto len = size * count;
-  st->header_bytes += len;
-  if (st->header_bytes > max_header_bytes) {
-    st->too_big = true;
-    return 0;
-  }
-  auto line = trim(std::string_view{data, len});
-  // A status line starts a new response (after a 100 Continue, or a
-  // proxy's CONNECT answer): only the final one's headers are kept.
-  if (line.substr(0, 5) == "HTTP/") {
-    st->resp->headers.clear();
-    return len;
-  }
-  auto colon = line.find(':');
-  if (line.empty() || colon == std::string_view::npos)
-    return len;
-  st->resp->headers.emplace_back(std::string{trim(line.substr(0, colon))},
-                                 std::string{trim(line.substr(colon + 1))});
-  return len;
-}
-
-/// The one conversion of a libcurl failure into an Aloft error.
-caf::error from_curl(CURLcode rc, const transfer_state& st, const char* detail,
-                     const std::string& url) {
-  auto where = url_for_messages(url);
-  if (st.too_big || rc == CURLE_FILESIZE_EXCEEDED)
-    return make_error(errc::data_loss, where + ": the response is larger than "
-                                           + std::to_string(max_http_body >> 20)
-                                           + " MiB; refused");
-  std::string text = curl_easy_strerror(rc);
-  auto more = sanitize_provider_text(detail, 300);
-  if (!more.empty() && more != text)
-    text += " (" + more + ")";
-  errc code;
-  switch (rc) {
-  case CURLE_OPERATION_TIMEDOUT:
-    code = errc::deadline_exceeded;
-    break;
-  case CURLE_URL_MALFORMAT:
-  case CURLE_UNSUPPORTED_PROTOCOL:
-    code = errc::invalid_argument;
-    break;
-  case CURLE_OUT_OF_MEMORY:
-  case CURLE_FAILED_INIT:
-    code = errc::internal;
-    break;
-  default:
-    // Refused, DNS, TLS, reset, nothing received: the server may answer
-    // a later attempt.
-    code = errc::unavailable;
-    break;
-  }
-  return make_error(code, where + ": " + text);
-}
-
 } // namespace
 
 const std::string* http_response::header(std::string_view name) const {
@@ -209,95 +75,10 @@ const std::string* http_response::header(std::string_view name) const {
 }
 
 caf::expected<http_response> http_call(const http_request& req) {
-  auto where = url_for_messages(req.url);
-  if (!is_token(req.method))
-    return make_error(errc::invalid_argument, where + ": not an HTTP method: '"
-                                                  + sanitize_provider_text(req.method, 20)
-                                                  + "'");
-  // Build the header list first: a bad header fails before any I/O.
-  // Values are never quoted in messages (they may be credentials).
-  std::unique_ptr<curl_slist, slist_deleter> headers;
-  auto add_header = [&](const std::string& line) {
-    auto* next = curl_slist_append(headers.get(), line.c_str());
-    if (next == nullptr)
-      return false;
-    headers.release();
-    headers.reset(next);
-    return true;
-  };
-  bool has_user_agent = false;
-  for (auto& [name, value] : req.headers) {
-    if (!is_token(name))
-      return make_error(errc::invalid_argument, where + ": not a valid header name: '"
-                                                    + sanitize_provider_text(name, 60)
-                                                    + "'");
-    if (value.find_first_of(std::string_view{"\r\n\0", 3}) != std::string::npos)
-      return make_error(errc::invalid_argument, where + ": the value of header '" + name
-                                                    + "' contains a line break");
-    if (iequals(name, "User-Agent"))
-      has_user_agent = true;
-    // libcurl drops "Name:" with nothing after it; "Name;" sends it empty.
-    auto line = trim(value).empty() ? name + ";" : name + ": " + value;
-    if (!add_header(line))
-      return make_error(errc::internal, where + ": out of memory");
-  }
-  bool sends_body = !req.body.empty() || req.method == "POST" || req.method == "PUT"
-                    || req.method == "PATCH";
-  // A body goes out at once; waiting for "100 Continue" only adds a round trip.
-  if (sends_body && !add_header("Expect:"))
-    return make_error(errc::internal, where + ": out of memory");
-
-  if (auto rc = ensure_curl_initialized(); rc != CURLE_OK)
-    return make_error(errc::internal, where + ": libcurl failed to initialize: "
-                                          + curl_easy_strerror(rc));
-  std::unique_ptr<CURL, easy_deleter> h{curl_easy_init()};
-  if (!h)
-    return make_error(errc::internal, where + ": libcurl could not make a handle");
-
-  http_response resp;
-  transfer_state st{&resp};
-  char errbuf[CURL_ERROR_SIZE] = {0};
-  auto* e = h.get();
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
-  curl_easy_setopt(e, CURLOPT_URL, req.url.c_str());
-#if LIBCURL_VERSION_NUM >= 0x075500
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-#else
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS, CURLPROTO_HTTP | CURLPROTO_HTTPS);
-#endif
-  // Redirects are not followed: a provider API does not redirect, and a
-  // redirect must never carry the Authorization header elsewhere.
-  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(req.timeout.count()));
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(req.timeout.count()));
-  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(max_http_body));
-  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
-  if (!has_user_agent)
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "aloft");
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers.get());
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, &st);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, &st);
-  if (req.method == "GET" && !sends_body) {
-    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-  } else if (req.method == "HEAD") {
-    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-  } else {
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req.method.c_str());
-    if (sends_body) {
-      curl_easy_setopt(e, CURLOPT_POSTFIELDS, req.body.data());
-      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
-                       static_cast<curl_off_t>(req.body.size()));
-    }
-  }
-
-  auto rc = curl_easy_perform(e);
-  if (rc != CURLE_OK)
-    return from_curl(rc, st, errbuf, req.url);
-  curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &resp.status);
-  return resp;
+  http_detail::curl_transfer t;
+  if (auto err = t.prepare(req))
+    return err;
+  return t.finish(curl_easy_perform(t.handle()));
 }
 
 std::string sanitize_provider_text(std::string_view text, size_t max_chars) {

@@ -7,19 +7,28 @@
 // thread (it must not block: copy and hand over, as actors do).
 //
 // Retries are decided here, by the project's one retry policy
-// (engine/retry.hpp): connection errors, 408, 429 and 5xx are retried with
-// jittered exponential backoff up to `max_attempts`, and a `Retry-After`
-// (seconds or an HTTP date) is honoured when it is longer than the backoff.
-// A call that must not be repeated blindly (a create whose first attempt
-// may have succeeded) sets `max_attempts = 1` and decides itself.
+// (engine/retry.hpp): connection errors, attempts that timed out, 408, 429
+// and 5xx are retried with jittered exponential backoff up to
+// `max_attempts`, and a `Retry-After` (seconds or an HTTP date) is honoured
+// when it is longer than the backoff and not longer than `max_delay_ms`
+// (the policy ignores a longer one). A call that must not be repeated
+// blindly (a create whose first attempt may have succeeded or timed out)
+// sets `max_attempts = 1` and decides itself.
 //
 // Rate limits: calls naming the same `rate_key` (Fly: one per machine and
 // action) are spaced by a token bucket of `rate_per_s` with `rate_burst`;
-// a call waits for its token, it is never refused for it.
+// every attempt (retries included) takes a token, waits for it in turn
+// (first come, first served) on the loop's timers, and is never refused
+// for it.
 //
 // Every answer, error or not, carries the provider's request id when the
 // response had one (`request_id_header`), so errors can name it. Header
 // values (tokens) never appear in errors or stats.
+//
+// Concurrency: `send` and `stats` are safe from any thread, callbacks
+// included (a callback's `send` is queued, never run inline). Callbacks run
+// on the loop thread, one at a time. Timers (backoff, rate tokens) are the
+// loop's own: no thread ever sleeps for a call.
 #pragma once
 
 #include <chrono>
@@ -27,6 +36,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include <caf/expected.hpp>
 
@@ -50,9 +60,15 @@ struct http_call_options {
 };
 
 /// The outcome of a call: the last response (any status; the caller maps
-/// statuses to errors with `error_from_status`), or a transport error after
-/// the last attempt. `attempts` counts tries made; `request_id` is the
-/// provider's id of the last response, if any.
+/// statuses to errors with `error_from_status`), or an error after the last
+/// attempt: unavailable, deadline_exceeded (transport, retried), data_loss
+/// (a body over `max_http_body`, not retried), invalid_argument (a request
+/// that cannot be sent; `attempts` is 0), cancelled (the loop ended). An
+/// error's message reads "<what>: <url without query>: <cause>[; after <n>
+/// attempts][; request id <id>]".
+/// `attempts` counts tries sent; `request_id` is the provider's id from the
+/// last attempt's response headers (sanitized, at most 64 characters), empty
+/// when that attempt got none.
 struct http_outcome {
   caf::expected<http_response> response{caf::error{}};
   int attempts = 0;
@@ -60,25 +76,38 @@ struct http_outcome {
 };
 
 struct http_loop_stats {
-  uint64_t requests = 0;       // attempts sent
-  uint64_t retries = 0;        // attempts beyond the first
-  uint64_t rate_waits = 0;     // calls that waited for a rate token
-  uint64_t connections = 0;    // connections opened (reuse keeps it low)
-  uint64_t in_flight = 0;
+  uint64_t requests = 0;    // attempts sent
+  uint64_t retries = 0;     // attempts beyond the first
+  uint64_t rate_waits = 0;  // attempts that waited for a rate token
+  uint64_t connections = 0; // connections opened (reuse keeps it low)
+  uint64_t in_flight = 0;   // calls sent and not yet answered
 };
 
 struct http_loop_options {
-  /// Connections kept per host for reuse.
+  /// Connections per host, open at once and kept for reuse; transfers
+  /// beyond it wait inside libcurl for a free connection.
   long max_host_connections = 16;
   /// Header naming the provider's request id (Fly: "fly-request-id").
   std::string request_id_header = "fly-request-id";
+  /// Seed of the backoff jitter; 0: from std::random_device.
+  uint64_t jitter_seed = 0;
 };
+
+/// The delay a `Retry-After` value asks for, in ms, at `now`: delta-seconds
+/// ("120") or an HTTP date (RFC 9110: IMF-fixdate, RFC 850, asctime). 0 for
+/// a date in the past and for a value that is neither; at most a day.
+int64_t retry_after_ms(std::string_view value, std::chrono::system_clock::time_point now);
 
 class http_loop {
 public:
   explicit http_loop(http_loop_options opts = {});
-  /// Ends the loop: calls still pending are answered with `cancelled`, then
-  /// the thread is joined. Do not destroy the loop from its own callback.
+  /// Ends the loop: calls still running, waiting or queued are answered with
+  /// `cancelled` (on the loop thread), timers set with `after` are dropped
+  /// without running, then the thread is joined. When the last owner lets
+  /// go inside one of the loop's callbacks (a callback holding its owner),
+  /// the loop ends the same way once that callback returns, without a join.
+  /// A callback answered `cancelled` must not send the same call again
+  /// forever.
   ~http_loop();
 
   http_loop(const http_loop&) = delete;
@@ -86,14 +115,23 @@ public:
 
   using done_fn = std::function<void(http_outcome)>;
 
-  /// Sends `req` (its `timeout` bounds each attempt). Thread-safe.
+  /// Queues `req` (its `timeout` bounds each attempt) and returns at once;
+  /// `done` runs exactly once, on the loop thread, with the outcome. It must
+  /// not block. Thread-safe.
   void send(http_request req, http_call_options opts, done_fn done);
+
+  /// Runs `fn` on the loop thread once `delay` has passed, for callers
+  /// that pace their own follow-up calls (polling a machine's state). Not
+  /// run if the loop ends first. It must not block. Thread-safe.
+  void after(std::chrono::milliseconds delay, std::function<void()> fn);
 
   http_loop_stats stats() const;
 
 private:
   struct impl;
-  std::unique_ptr<impl> impl_;
+  // Shared with the loop thread, which outlives this object when the last
+  // owner lets go from a callback.
+  std::shared_ptr<impl> impl_;
 };
 
 } // namespace aloft

@@ -338,6 +338,7 @@ void http_server::accept_loop() {
     int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0)
       continue;
+    ++accepted_;
     reap_finished_connections();
     auto c = std::make_unique<connection>();
     c->fd = fd;
@@ -428,6 +429,7 @@ void http_server::serve(connection& c) {
         return;
       }
     req.body = buf.substr(body_start, length);
+    req.received_at = std::chrono::steady_clock::now();
     buf.erase(0, body_start + length);
     auto connection_header = req.header("Connection");
     bool closing =

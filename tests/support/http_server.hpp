@@ -19,6 +19,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -42,6 +43,8 @@ struct http_request_seen {
   std::string query;
   header_list headers;
   std::string body;
+  /// When its head and body had been read (before the handler ran).
+  std::chrono::steady_clock::time_point received_at;
 
   /// The first header called `name` (case-insensitive), or "".
   std::string header(std::string_view name) const;
@@ -90,6 +93,8 @@ public:
   /// Requests whose path starts with `path_prefix`.
   std::vector<http_request_seen> requests_to(std::string_view path_prefix) const;
   void clear_requests();
+  /// Connections accepted so far (keep-alive makes it lower than requests).
+  uint64_t connections_accepted() const { return accepted_.load(); }
 
   /// Stops serving and joins every thread; idempotent.
   void stop();
@@ -115,6 +120,7 @@ private:
   int wake_pipe_[2] = {-1, -1};
   uint16_t port_ = 0;
   std::atomic<bool> stopping_{false};
+  std::atomic<uint64_t> accepted_{0};
   std::thread accept_thread_;
 
   mutable std::mutex mtx_;
