@@ -732,6 +732,7 @@ private:
     idle_reported_ = false;
     persist([=] {
       arm_watchdog();
+      push_deadline_to_vm();
       publish("activity", "guards of account " + rec_.account + " applied: idle "
                             + std::to_string(g.idle_timeout_s) + " s, hard "
                             + std::to_string(g.hard_timeout_s) + " s, auto-destroy "
@@ -753,10 +754,32 @@ private:
     rec_.hard_warned = false;
     persist([=]() mutable {
       arm_watchdog();
+      push_deadline_to_vm();
       publish("activity", "hard deadline extended by " + std::to_string(seconds) + " s");
       rp.deliver(rec_);
     });
     return rp;
+  }
+
+  // A VM that guards its own lifetime (Fly's init) reads the hard deadline
+  // from the state directory: tell it when the deadline moves. Without a
+  // connection now, the VM keeps the older deadline and the engine's own
+  // watchdog still honours the new one.
+  void push_deadline_to_vm() {
+    if (!transport_ || rec_.workdir.empty())
+      return;
+    auto self_handle = caf::actor_cast<caf::actor>(this);
+    exec_callbacks cb;
+    cb.on_exit = [this, self_handle](const caf::error& err, int code) {
+      if (err || code != 0)
+        caf::anon_send(self_handle, actor_task{[this, err, code] {
+          publish("warning", "could not tell the VM its new hard deadline ("
+                               + (err ? describe(err) : "exit code " + std::to_string(code))
+                               + "); the engine still enforces it");
+        }});
+    };
+    transport_->exec(agent_deadline_command(rec_.workdir, rec_.hard_deadline / 1000),
+                     std::move(cb));
   }
 
   // -- sync -------------------------------------------------------------------

@@ -66,6 +66,12 @@ std::string agent_launch_command(const std::string& workdir) {
   return cmd.str();
 }
 
+std::string agent_deadline_command(const std::string& workdir, int64_t deadline_s) {
+  auto state = shell_quote(agent_state_dir(workdir));
+  return "S=" + state + "; mkdir -p \"$S\" && echo " + std::to_string(deadline_s)
+         + " > \"$S/deadline.tmp\" && mv \"$S/deadline.tmp\" \"$S/deadline\"";
+}
+
 std::string agent_env_command(const std::string& workdir) {
   auto state = shell_quote(agent_state_dir(workdir));
   return "S=" + state + "; umask 077; mkdir -p \"$S\" || exit 1; "

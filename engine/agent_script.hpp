@@ -6,6 +6,7 @@
 // worktree:
 //   agent.sh  the agent command          run.sh   the runner
 //   agent.env the agent's secrets (0600), read and deleted by the runner
+//   deadline  the hard deadline for an in-VM guard (epoch seconds)
 //   agent.log the agent's output          pid      the runner's pid (= SID)
 //   exit      the exit code, once done    started  launch happened
 //   tmux.sock the tmux server of the agent's terminal
@@ -33,6 +34,10 @@ std::string agent_state_dir(const std::string& workdir);
 /// retried after a crash does not start it twice). Reads the agent command
 /// from stdin.
 std::string agent_launch_command(const std::string& workdir);
+
+/// Records the session's hard deadline (epoch seconds) in the state
+/// directory's `deadline` file, where an in-VM guard (Fly's init) reads it.
+std::string agent_deadline_command(const std::string& workdir, int64_t deadline_s);
 
 /// Writes the agent's environment file (0600) from stdin, before the launch;
 /// the runner exports it into the agent's environment and deletes it, so

@@ -30,6 +30,8 @@
 #include "engine/ssh_transport.hpp"
 #include "engine/watchdog_policy.hpp"
 #include "persistence/store.hpp"
+#include "providers/fly/fly_provider.hpp"
+#include "providers/http/http_loop.hpp"
 #include "providers/local/local_provider.hpp"
 #include "providers/validate.hpp"
 
@@ -49,6 +51,12 @@ public:
     registry_ = nullptr;
     sys_.reset(); // waits for every actor
     transports_.reset();
+    // Calls still in flight are answered `cancelled` (their callbacks may
+    // post to the pool, which is still there), then the loop's thread ends.
+    if (http_)
+      http_->shutdown();
+    clients_.clear();
+    http_.reset();
     pool_.reset();
     db_.reset();
   }
@@ -784,7 +792,8 @@ private:
     return got;
   }
 
-  caf::expected<std::shared_ptr<provider>> make_client(const account& a, const secret_map&) {
+  caf::expected<std::shared_ptr<provider>> make_client(const account& a,
+                                                      const secret_map& secrets) {
     if (a.provider == "local") {
       local_provider_options lopts;
       // Each local account has sandboxes of its own, so one account's
@@ -794,8 +803,26 @@ private:
       lopts.exec = pool_;
       return make_local_provider(lopts);
     }
+    if (a.provider == "fly") {
+      auto o = fly_options_for(a, secrets);
+      if (o.token.empty())
+        return make_error(errc::failed_precondition,
+                          "account '" + a.name + "' has no Fly token; `aloft account secret "
+                            + a.name + " token` stores one");
+      o.installation_id = installation_id_;
+      o.http = http();
+      o.exec = pool_;
+      return make_fly_provider(std::move(o));
+    }
     return make_error(errc::unimplemented, "the " + a.provider
                                              + " provider is not in this build yet");
+  }
+
+  // One HTTP loop for every cloud account, made on first use.
+  std::shared_ptr<http_loop> http() {
+    if (!http_)
+      http_ = std::make_shared<http_loop>();
+    return http_;
   }
 
   // Makes the account live: its client and its actor (replacing any).
@@ -918,6 +945,7 @@ private:
   std::string installation_id_;
   system_clock clock_;
   std::shared_ptr<thread_pool> pool_;
+  std::shared_ptr<http_loop> http_;
   std::unique_ptr<transport_factory> transports_;
   caf::actor registry_;
   std::mutex accounts_mtx_; // accounts_, clients_, problems_, creds_, default

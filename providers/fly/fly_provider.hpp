@@ -17,7 +17,9 @@
 // - Machine (Aloft): `POST /v1/apps/{app}/machines` with `config`:
 //     image              the account's `image` option (default below)
 //     guest              shared CPUs `cpus` (default 2), `memory_mb` (2048)
-//     env                ALOFT_SESSION, ALOFT_HARD_DEADLINE (epoch seconds)
+//     env                ALOFT_SESSION, ALOFT_HARD_DEADLINE (epoch seconds),
+//                        ALOFT_WORKDIR (/root/work; the emulator sets its
+//                        sandbox's work dir for the init it runs)
 //     metadata           aloft_installation, aloft_session, aloft_key (the
 //                        idempotency key), aloft_ssh_port
 //     services           one TCP service, internal_port 22, external port
@@ -31,8 +33,10 @@
 //     init.exec          ["/bin/sh", "/aloft/init.sh"]
 //     restart.policy     "no";  auto_destroy: true
 //   The init starts sshd (unless ALOFT_SKIP_SSHD is set: the emulator runs
-//   its own) and exits at ALOFT_HARD_DEADLINE, so the machine ends itself
-//   (auto_destroy) even when no engine is left to destroy it.
+//   its own) and exits at the hard deadline, so the machine ends itself
+//   (auto_destroy) even when no engine is left to destroy it. The deadline
+//   is ALOFT_HARD_DEADLINE, or the newer one the engine writes (extend) to
+//   `<workdir>/../aloft/deadline` (agent_deadline_command).
 // - Ready: `GET .../machines/{id}/wait?state=started&timeout=60` in a loop
 //   (408: keep waiting), bounded by the boot timeout; then sshd must answer
 //   on the address and port.
@@ -64,6 +68,7 @@
 
 namespace aloft {
 
+class executor;
 class http_loop;
 
 /// The image machines run when the account names none: Debian with sshd,
@@ -82,6 +87,8 @@ struct fly_provider_options {
   std::string account;         // the account's name (part of the app name)
   std::string installation_id; // part of the app name
   std::shared_ptr<http_loop> http;
+  /// Runs the blocking probe of a machine's sshd.
+  std::shared_ptr<executor> exec;
   /// Bound for a machine to reach `started` and its sshd to answer.
   std::chrono::milliseconds boot_timeout{std::chrono::minutes(5)};
   /// Polling of the sshd port once the machine started.

@@ -135,6 +135,7 @@ struct http_loop::impl {
   std::vector<call_ptr> queue;
   std::vector<queued_timer> queued_timers;
   bool stopping = false;
+  bool closed = false; // shutdown joined the thread: sends are answered at once
 
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> retries{0};
@@ -169,6 +170,10 @@ http_loop::http_loop(http_loop_options opts)
 }
 
 http_loop::~http_loop() {
+  shutdown();
+}
+
+void http_loop::shutdown() {
   auto& d = *impl_;
   if (d.multi == nullptr)
     return;
@@ -177,6 +182,8 @@ http_loop::~http_loop() {
     d.stopping = true;
   }
   curl_multi_wakeup(d.multi);
+  if (!d.thread.joinable())
+    return;
   if (d.thread.get_id() == std::this_thread::get_id()) {
     // Destroyed from a callback: the loop notices `stopping` when the
     // callback returns, and its own reference keeps `impl` alive until then.
@@ -184,6 +191,25 @@ http_loop::~http_loop() {
     return;
   }
   d.thread.join();
+  {
+    std::lock_guard<std::mutex> guard{d.mtx};
+    d.closed = true;
+  }
+  // What was sent since is answered now: callbacks own the callers'
+  // references (to a provider that owns this loop), so nothing may wait.
+  for (;;) {
+    std::vector<call_ptr> late;
+    std::vector<queued_timer> dropped;
+    {
+      std::lock_guard<std::mutex> guard{d.mtx};
+      late.swap(d.queue);
+      dropped.swap(d.queued_timers);
+    }
+    if (late.empty() && dropped.empty())
+      break;
+    for (auto& c : late)
+      d.deliver(std::move(c), make_error(errc::cancelled, "the HTTP loop has shut down"));
+  }
 }
 
 http_loop::impl::~impl() {
@@ -213,6 +239,15 @@ void http_loop::send(http_request req, http_call_options opts, done_fn done) {
   c->done = std::move(done);
   auto& d = *impl_;
   ++d.in_flight;
+  bool stopped = false;
+  {
+    std::lock_guard<std::mutex> guard{d.mtx};
+    stopped = d.closed;
+  }
+  if (stopped) {
+    d.deliver(std::move(c), make_error(errc::cancelled, "the HTTP loop has shut down"));
+    return;
+  }
   if (d.multi == nullptr) {
     // No loop could be made: nothing will ever run the call.
     auto err =

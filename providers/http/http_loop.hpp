@@ -125,6 +125,12 @@ public:
   /// run if the loop ends first. It must not block. Thread-safe.
   void after(std::chrono::milliseconds delay, std::function<void()> fn);
 
+  /// Ends the loop now (what the destructor does): pending calls are
+  /// answered `cancelled`, timers dropped, the thread joined; later sends
+  /// are answered `cancelled` at once. Idempotent. Lets an owner break the
+  /// cycle of callbacks that hold references to whatever holds the loop.
+  void shutdown();
+
   http_loop_stats stats() const;
 
 private:

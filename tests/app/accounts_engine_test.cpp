@@ -117,7 +117,7 @@ TEST_F(accounts_engine_test, a_good_account_is_split_between_settings_and_the_cr
   auto v = engine_->add_account(fly_account("fly-a"), {{"token", good_token}});
   ASSERT_TRUE(v) << describe(v.error());
   EXPECT_EQ(v->account.options.at("ip_mode"), "ipv6") << "defaults applied";
-  EXPECT_FALSE(v->can_launch) << "the Fly provider is not in this build yet";
+  EXPECT_TRUE(v->can_launch);
   ASSERT_EQ(v->secrets.count("token"), 1u);
   EXPECT_EQ(v->secrets.at("token").find(good_token), std::string::npos);
   auto settings_text = slurp(home_.path() + "/settings.json");
