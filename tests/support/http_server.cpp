@@ -231,7 +231,9 @@ http_reply http_reply::drop() {
 
 // -- http_server ------------------------------------------------------------
 
-http_server::http_server() {
+http_server::http_server() : http_server(0) {}
+
+http_server::http_server(uint16_t port) {
   if (::pipe2(wake_pipe_, O_CLOEXEC) != 0) {
     ADD_FAILURE() << "http_server: pipe2: " << std::strerror(errno);
     return;
@@ -246,12 +248,13 @@ http_server::http_server() {
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
+  addr.sin_port = htons(port);
   socklen_t len = sizeof(addr);
   if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0
       || ::listen(listen_fd_, 64) != 0
       || ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    ADD_FAILURE() << "http_server: bind/listen on 127.0.0.1: " << std::strerror(errno);
+    ADD_FAILURE() << "http_server: bind/listen on 127.0.0.1:" << port << ": "
+                  << std::strerror(errno);
     return;
   }
   port_ = ntohs(addr.sin_port);

@@ -74,6 +74,9 @@ public:
   /// Binds 127.0.0.1 on an ephemeral port and starts serving; records a
   /// test failure (and serves nothing) when the socket cannot be made.
   http_server();
+  /// The same on 127.0.0.1:`port` (0: ephemeral). When the socket cannot
+  /// be made, `port()` is 0 (and a test failure is recorded).
+  explicit http_server(uint16_t port);
   ~http_server();
 
   http_server(const http_server&) = delete;
