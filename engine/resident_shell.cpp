@@ -9,10 +9,20 @@ namespace aloft {
 std::string resident_shell::loop_command() {
   // `read` consumes its line byte by byte and GNU `head -c` reads exactly
   // what it is asked for, so the stream stays in step between requests.
+  // A script reads its stdin straight from the stream (a pack goes into
+  // git as it arrives, never into a temporary file first). What it leaves
+  // unread is drained after it exits: `read` finds the end at once when it
+  // read everything (no process started), else `cat` takes the rest.
   return "T0=$(mktemp -d) || exit 1; trap 'rm -rf \"$T0\"' EXIT; "
          "while read -r s n; do "
-         "head -c \"$s\" > \"$T0/script\"; head -c \"$n\" > \"$T0/in\"; "
-         "sh \"$T0/script\" < \"$T0/in\" > \"$T0/out\" 2> \"$T0/err\"; c=$?; "
+         "head -c \"$s\" > \"$T0/script\"; "
+         "if [ \"$n\" = 0 ]; then "
+         "sh \"$T0/script\" < /dev/null > \"$T0/out\" 2> \"$T0/err\"; c=$?; "
+         "else "
+         "c=255; head -c \"$n\" | { sh \"$T0/script\" > \"$T0/out\" 2> \"$T0/err\"; "
+         "echo $? > \"$T0/c\"; IFS= read -r x && cat > /dev/null; }; "
+         "read -r c < \"$T0/c\"; "
+         "fi; "
          "printf 'R %s %s %s\\n' \"$c\" $(wc -c < \"$T0/out\") $(wc -c < \"$T0/err\"); "
          "cat \"$T0/out\" \"$T0/err\"; "
          "done";

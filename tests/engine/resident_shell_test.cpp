@@ -73,6 +73,28 @@ TEST_F(resident_shell_test, runs_scripts_in_order_over_one_channel) {
   EXPECT_EQ(e.out, "still in step\n");
 }
 
+TEST_F(resident_shell_test, input_a_script_leaves_unread_does_not_break_the_stream) {
+  auto shell = resident_shell::start(transport_, 1 << 20);
+  // Input goes to the script as it arrives; whatever it does not read must
+  // still be consumed before the next request is parsed.
+  std::string lines;
+  for (int i = 0; i < 200000; ++i)
+    lines += "line " + std::to_string(i) + "\n";
+  std::string no_newline(1 << 16, 'y');
+  auto a = run(*shell, "exit 4", lines);
+  auto b = run(*shell, "head -n 2", lines);
+  auto c = run(*shell, "true", no_newline);
+  auto d = run(*shell, "head -c 3; echo", no_newline + "\n" + lines);
+  auto e = run(*shell, "cat", "last");
+  auto ra = a.get(), rb = b.get(), rc = c.get(), rd = d.get(), re = e.get();
+  EXPECT_EQ(ra.code, 4);
+  EXPECT_EQ(rb.out, "line 0\nline 1\n");
+  EXPECT_EQ(rc.code, 0);
+  EXPECT_EQ(rd.out, "yyy\n");
+  EXPECT_EQ(re.out, "last");
+  EXPECT_TRUE(shell->alive());
+}
+
 TEST_F(resident_shell_test, an_oversized_answer_fails_the_request_and_the_shell) {
   auto shell = resident_shell::start(transport_, 1000);
   auto a = run(*shell, "head -c 5000 /dev/zero").get();
