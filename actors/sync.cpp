@@ -85,65 +85,77 @@ private:
           finish(std::move(result->error()));
           return;
         }
-        if ((*result)->first.commit.empty()) {
-          finish(std::move((*result)->first));
+        auto& up = **result;
+        if (up.out.commit.empty()) {
+          finish(std::move(up.out));
           return;
         }
-        send_pack(std::move((*result)->first), std::move((*result)->second));
+        send_pack(std::move(up.out), std::move(up.script), std::move(up.input));
       }});
     });
   }
 
-  using prepared = std::pair<sync_outcome, std::string>; // and the pack
+  // A sync up ready to go: the VM's script and its stdin (the pack).
+  struct prepared {
+    sync_outcome out;
+    std::string script;
+    std::string input;
+  };
 
   // Runs on the executor.
   static caf::expected<prepared> prepare_up(const sync_job& job) {
     sync_outcome out;
-    auto repo = sync::check_worktree(job.worktree, out.notes);
-    if (!repo) {
-      // Not a git worktree: nothing to sync, which the session reports; the
-      // agent still runs.
-      if (code_of(repo.error()) == errc::failed_precondition) {
-        out.notes.push_back(message_of(repo.error()));
-        return prepared{std::move(out), std::string{}};
-      }
-      return repo.error();
-    }
     auto snap = sync::snapshot_worktree(job.worktree, sync::up_ref(job.session),
                                         "aloft: worktree of session " + job.session);
-    if (!snap)
-      return annotate(snap.error(), "snapshot of " + job.worktree);
+    if (!snap) {
+      // Not a git worktree: nothing to sync, which the session reports; the
+      // agent still runs.
+      if (code_of(snap.error()) == errc::failed_precondition) {
+        out.notes.push_back(message_of(snap.error()));
+        return prepared{std::move(out), {}, {}};
+      }
+      return snap.error();
+    }
+    out.notes = snap->notes;
+    const auto& repo = snap->top;
     if (auto err = sync::check_upload_size(snap->stats, job.limits))
       return err;
-    std::vector<std::string> have;
-    if (!job.base.empty())
-      have.push_back(job.base);
-    if (!job.vm_now.empty())
-      have.push_back(job.vm_now);
-    auto pack = sync::make_pack(*repo, snap->commit, have);
-    if (!pack)
-      return annotate(pack.error(), "pack of " + snap->commit);
     out.commit = snap->commit;
     out.base = job.base;
     out.ref = sync::up_ref(job.session);
     out.files = snap->stats.files;
+    auto script = sync::vm_prepare_command(job.workdir) + "\n";
+    if (job.base.empty()) {
+      // The VM has nothing: it installs the pack with the index made here.
+      auto pack = sync::make_indexed_pack(repo, snap->commit);
+      if (!pack)
+        return annotate(pack.error(), "pack of " + snap->commit);
+      out.bytes = pack->bytes.size();
+      script += sync::vm_install_command(job.workdir, snap->commit, *pack);
+      return prepared{std::move(out), std::move(script), std::move(pack->bytes)};
+    }
+    std::vector<std::string> have{job.base};
+    if (!job.vm_now.empty())
+      have.push_back(job.vm_now);
+    auto pack = sync::make_pack(repo, snap->commit, have);
+    if (!pack)
+      return annotate(pack.error(), "pack of " + snap->commit);
     out.bytes = pack->size();
-    return prepared{std::move(out), std::move(*pack)};
+    script += sync::vm_receive_command(job.workdir, snap->commit, job.base, job.vm_now);
+    return prepared{std::move(out), std::move(script), std::move(*pack)};
   }
 
-  void send_pack(sync_outcome out, std::string pack) {
+  void send_pack(sync_outcome out, std::string script, std::string pack) {
     auto total = pack.size();
     total_ = total;
     progress("send", "sending " + human_bytes(total) + " (" + std::to_string(out.files)
                        + " files in the snapshot)",
              0, total);
-    auto cmd = sync::vm_prepare_command(job_.workdir) + "\n"
-               + sync::vm_receive_command(job_.workdir, out.commit, job_.base, job_.vm_now);
     auto self_handle = caf::actor_cast<caf::actor>(this);
     auto result = std::make_shared<sync_outcome>(std::move(out));
     start_bytes_ = shell_->bytes_out();
     running_ = true;
-    shell_->run(cmd, std::move(pack),
+    shell_->run(std::move(script), std::move(pack),
                 [this, self_handle, result](const caf::error& err, int code, std::string,
                                             std::string err_text) {
                   caf::anon_send(self_handle, actor_task{[=] {

@@ -3,7 +3,8 @@
 // Up:   snapshot the local worktree (executor) -> pack what the VM lacks ->
 //       stream it through the session's resident shell (one long-lived
 //       channel of its transport) into the VM's repository and update its
-//       checkout.
+//       checkout. A first sync sends the pack with the index git wrote for
+//       it, which the VM installs as it is.
 // Down: snapshot the agent's worktree on the VM -> receive the pack (bounded,
 //       checked as untrusted before anything enters the local repository,
 //       on the executor) -> store it under the session's refs -> apply,

@@ -485,23 +485,33 @@ struct repo_paths {
   std::string git_dir; // this worktree's git directory
   std::string index;   // the user's index file
   std::string objects; // the object store (shared by linked worktrees)
+  std::string head;    // HEAD's commit when asked for; empty when unborn
 };
 
-caf::expected<repo_paths> locate_repo(const std::string& worktree) {
+// Where the repository of `worktree` keeps things, and with `with_head` the
+// commit HEAD points at, in one `git rev-parse`.
+caf::expected<repo_paths> locate_repo(const std::string& worktree,
+                                      bool with_head = false) {
   struct stat st;
   if (::stat(worktree.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
     return make_error(errc::failed_precondition,
                       worktree + " is not a directory: nothing would be synced");
   git_call call;
-  call.ok_codes = {0, 128};
-  auto r = run_git(worktree,
-                   {"rev-parse", "--path-format=absolute", "--show-toplevel",
-                    "--absolute-git-dir", "--git-path", "index", "--git-path", "objects",
-                    "--show-object-format"},
-                   call);
+  call.ok_codes = {0, 1, 128};
+  std::vector<std::string> args{"rev-parse",          "--path-format=absolute",
+                                "--show-toplevel",    "--absolute-git-dir",
+                                "--git-path",         "index",
+                                "--git-path",         "objects",
+                                "--show-object-format"};
+  if (with_head) {
+    // Exits 1 (quietly, after the rest) when HEAD has no commit yet.
+    for (auto a : {"-q", "--verify", "HEAD^{commit}"})
+      args.emplace_back(a);
+  }
+  auto r = run_git(worktree, args, call);
   if (!r)
     return r.error();
-  if (r->exit_code != 0) {
+  if (r->exit_code != 0 && (r->exit_code != 1 || !with_head)) {
     auto said = trim_end(r->error);
     if (said.find("not a git repository") != std::string::npos)
       return make_error(errc::failed_precondition,
@@ -517,13 +527,20 @@ caf::expected<repo_paths> locate_repo(const std::string& worktree) {
   std::istringstream in{r->output};
   for (std::string line; std::getline(in, line);)
     lines.push_back(line);
-  if (lines.size() != 5)
+  if (lines.size() != (r->exit_code == 0 && with_head ? 6u : 5u))
     return make_error(errc::internal, "git rev-parse: unexpected output for " + worktree);
   if (lines[4] != "sha1")
     return make_error(errc::failed_precondition,
                       worktree + " uses " + lines[4]
                           + " object names; only SHA-1 repositories can be synced");
-  return repo_paths{lines[0], lines[1], lines[2], lines[3]};
+  repo_paths out{lines[0], lines[1], lines[2], lines[3], {}};
+  if (lines.size() == 6) {
+    if (!is_hex_oid(lines[5]))
+      return make_error(errc::internal,
+                        "git rev-parse: unexpected output for " + worktree);
+    out.head = lines[5];
+  }
+  return out;
 }
 
 // `git ls-tree -r -z` of `commit`, streamed, stopping past `max_entries`.
@@ -716,16 +733,28 @@ caf::error copy_index(const std::string& from, const std::string& to) {
   return err;
 }
 
-// Whether the index at `index_file` marks entries "assume unchanged", which
-// would make `git add -A` skip them: then the snapshot starts from HEAD.
-caf::expected<bool> has_assume_unchanged(const std::string& top) {
-  auto r = run_git(top, {"ls-files", "-v", "-z"});
-  if (!r)
-    return r.error();
-  for (auto& rec : split_nul(r->output))
-    if (!rec.empty() && rec[0] >= 'a' && rec[0] <= 'z')
-      return true;
-  return false;
+// Appends the whole file at `path` to `out`.
+caf::error append_file(const std::string& path, std::string& out) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return from_errno(errno, "cannot read " + path);
+  struct stat st;
+  if (::fstat(fd, &st) == 0)
+    out.reserve(out.size() + static_cast<size_t>(st.st_size));
+  char buf[1 << 16];
+  caf::error err;
+  for (;;) {
+    auto n = ::read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      err = from_errno(errno, "cannot read " + path);
+    if (n <= 0)
+      break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return err;
 }
 
 // A snapshot and the temporary index it was made with (its stat data fresh:
@@ -739,22 +768,76 @@ struct snapshot_work {
   std::vector<tree_entry> entries; // of the snapshot, sizes as on disk
 };
 
+// The entries of `git ls-files -s -v -z` output ("<tag> <mode> <object>
+// <stage>\t<path>" each) into `entries`, and the paths of gitlinks into
+// `gitlinks` ("\0"-terminated, for update-index -z). Returns whether an
+// entry is marked "assume unchanged" (a lowercase tag).
+caf::expected<bool> parse_staged(std::string_view out, std::vector<tree_entry>& entries,
+                                 std::string& gitlinks) {
+  bool assumed = false;
+  size_t pos = 0;
+  while (pos < out.size()) {
+    auto end = out.find('\0', pos);
+    if (end == std::string_view::npos)
+      end = out.size();
+    auto rec = out.substr(pos, end - pos);
+    pos = end + 1;
+    auto tab = rec.find('\t');
+    // "H 100644 <40 hex> 0": the mode has 6 digits, the object 40.
+    if (tab != 2 + 6 + 1 + 40 + 2 || rec[1] != ' ' || rec[8] != ' ' || rec[49] != ' ')
+      return make_error(errc::internal, "git ls-files: unexpected output");
+    if (rec[0] >= 'a' && rec[0] <= 'z')
+      assumed = true;
+    tree_entry e;
+    for (char c : rec.substr(2, 6)) {
+      if (c < '0' || c > '7')
+        return make_error(errc::internal, "git ls-files: unexpected output");
+      e.mode = e.mode * 8 + static_cast<uint32_t>(c - '0');
+    }
+    auto path = rec.substr(tab + 1);
+    if (e.mode == mode_gitlink) {
+      gitlinks.append(path);
+      gitlinks += '\0';
+      continue;
+    }
+    e.object = std::string{rec.substr(9, 40)};
+    e.type = "blob";
+    e.path = std::string{path};
+    entries.push_back(std::move(e));
+  }
+  return assumed;
+}
+
+// Sets each entry's size from the file at its path under `top`; the indexes
+// of the entries without a file of their kind there (not checked out: a
+// sparse checkout) go to `unsized`.
+void size_from_disk(const std::string& top, std::vector<tree_entry>& entries,
+                    std::vector<size_t>& unsized) {
+  int dir = ::open(top.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    auto& e = entries[i];
+    struct stat st;
+    bool is_link = e.mode == mode_symlink;
+    if (dir >= 0 && ::fstatat(dir, e.path.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0
+        && (is_link ? S_ISLNK(st.st_mode) : S_ISREG(st.st_mode)))
+      e.size = static_cast<uint64_t>(st.st_size);
+    else
+      unsized.push_back(i);
+  }
+  if (dir >= 0)
+    ::close(dir);
+}
+
 caf::expected<snapshot_work> take_snapshot(const std::string& worktree,
                                            const std::string& ref,
                                            const std::string& message) {
   snapshot_work w;
-  auto paths = locate_repo(worktree);
+  auto paths = locate_repo(worktree, true);
   if (!paths)
     return paths.error();
   w.paths = std::move(*paths);
+  w.head = w.paths.head;
   const auto& top = w.paths.top;
-  git_call maybe;
-  maybe.ok_codes = {0, 1, 128};
-  auto head = run_git(top, {"rev-parse", "-q", "--verify", "HEAD^{commit}"}, maybe);
-  if (!head)
-    return head.error();
-  if (head->exit_code == 0)
-    w.head = trim_end(head->output);
   auto scratch = scratch_dir::make(w.paths.git_dir, "aloft-snapshot-");
   if (!scratch)
     return scratch.error();
@@ -763,57 +846,46 @@ caf::expected<snapshot_work> take_snapshot(const std::string& worktree,
   git_call in_temp;
   in_temp.env.index_file = w.index;
 
+  // From a copy of the user's index, git hashes only the files that changed
+  // since it was written; from HEAD it would hash every one.
   struct stat st;
   bool copied = false;
   if (::stat(w.paths.index.c_str(), &st) == 0) {
-    auto assumed = has_assume_unchanged(top);
+    if (auto err = copy_index(w.paths.index, w.index))
+      return err;
+    copied = true;
+  }
+  std::string gitlinks;
+  for (;;) {
+    if (!copied && !w.head.empty())
+      if (auto r = run_git(top, {"read-tree", w.head}, in_temp); !r)
+        return r.error();
+    if (auto r = run_git(top, {"add", "-A"}, in_temp); !r)
+      return r.error();
+    auto staged = run_git(top, {"ls-files", "-s", "-v", "-z"}, in_temp);
+    if (!staged)
+      return staged.error();
+    w.entries.clear();
+    gitlinks.clear();
+    auto assumed = parse_staged(staged->output, w.entries, gitlinks);
     if (!assumed)
       return assumed.error();
-    if (!*assumed) {
-      if (auto err = copy_index(w.paths.index, w.index))
-        return err;
-      copied = true;
-    }
+    if (!*assumed || !copied)
+      break;
+    // The user marked files "assume unchanged", which `git add` skips: take
+    // them as they are on disk, starting over from HEAD.
+    ::unlink(w.index.c_str());
+    copied = false;
   }
-  if (!copied && !w.head.empty())
-    if (auto r = run_git(top, {"read-tree", w.head}, in_temp); !r)
-      return r.error();
-  if (auto r = run_git(top, {"add", "-A"}, in_temp); !r)
-    return r.error();
-  // Submodules and nested repositories are not synced (check_worktree says
-  // so); a gitlink in a snapshot would only be an empty directory elsewhere.
-  auto staged = run_git(top, {"ls-files", "-s", "-z"}, in_temp);
-  if (!staged)
-    return staged.error();
+  // Submodules and nested repositories are not synced: a gitlink in a
+  // snapshot would only be an empty directory elsewhere.
+  for (auto& p : split_nul(gitlinks))
+    w.snap.notes.push_back("submodule or nested repository " + printable(p)
+                           + ": not synced (its files stay local)");
   // The sizes come from the files themselves: asking git (ls-tree -l) would
   // read the header of every object, a cost that grows with the tree.
-  std::string gitlinks;
   std::vector<size_t> unsized;
-  for (auto& rec : split_nul(staged->output)) {
-    auto tab = rec.find('\t');
-    if (tab == std::string::npos)
-      continue;
-    if (rec.compare(0, 7, "160000 ") == 0) {
-      gitlinks += rec.substr(tab + 1);
-      gitlinks += '\0';
-      continue;
-    }
-    std::istringstream fields{rec.substr(0, tab)};
-    std::string mode;
-    tree_entry e;
-    fields >> mode >> e.object;
-    e.mode = static_cast<uint32_t>(std::strtoul(mode.c_str(), nullptr, 8));
-    e.type = "blob";
-    e.path = rec.substr(tab + 1);
-    struct stat fst;
-    bool is_link = e.mode == mode_symlink;
-    if (::lstat((top + "/" + e.path).c_str(), &fst) == 0
-        && (is_link ? S_ISLNK(fst.st_mode) : S_ISREG(fst.st_mode)))
-      e.size = static_cast<uint64_t>(fst.st_size);
-    else
-      unsized.push_back(w.entries.size()); // not checked out (sparse)
-    w.entries.push_back(std::move(e));
-  }
+  size_from_disk(top, w.entries, unsized);
   if (!unsized.empty()) {
     std::string oids;
     for (auto i : unsized)
@@ -852,6 +924,7 @@ caf::expected<snapshot_work> take_snapshot(const std::string& worktree,
       return r.error();
   w.snap.commit = *commit;
   w.snap.tree = *tree;
+  w.snap.top = top;
   w.snap.stats = stats_from(w.entries);
   return w;
 }
@@ -1101,8 +1174,12 @@ caf::expected<snapshot> snapshot_worktree(const std::string& worktree,
                                           const std::string& ref,
                                           const std::string& message) {
   auto w = take_snapshot(worktree, ref, message);
-  if (!w)
+  if (!w) {
+    // A worktree that cannot be synced is named in the error already.
+    if (code_of(w.error()) == errc::failed_precondition)
+      return w.error();
     return annotate(w.error(), "snapshot of " + worktree);
+  }
   return std::move(w->snap);
 }
 
@@ -1181,6 +1258,41 @@ caf::expected<std::string> make_pack(const std::string& repo, const std::string&
   if (!r)
     return r.error();
   return std::move(r->output);
+}
+
+caf::expected<indexed_pack> make_indexed_pack(const std::string& repo,
+                                              const std::string& want) {
+  if (auto err = check_oid(want, "make pack: want"))
+    return err;
+  auto paths = locate_repo(repo);
+  if (!paths)
+    return paths.error();
+  auto scratch = scratch_dir::make(paths->git_dir, "aloft-pack-");
+  if (!scratch)
+    return scratch.error();
+  // As make_pack for a first sync (level 1, no delta search), but into
+  // files: git writes the index from what it packed, hashing nothing again.
+  git_call call;
+  std::string revs = want + "\n";
+  call.input = revs;
+  auto sum = git_text(paths->top,
+                      {"pack-objects", "--revs", "-q", "--delta-base-offset",
+                       "--compression=1", "--window=0", (*scratch)->path() + "/pack"},
+                      call);
+  if (!sum)
+    return sum.error();
+  if (!is_hex_oid(*sum))
+    return make_error(errc::internal, "git pack-objects: unexpected output");
+  indexed_pack out;
+  out.name = "pack-" + *sum;
+  auto base = (*scratch)->path() + "/" + out.name;
+  if (auto err = append_file(base + ".pack", out.bytes))
+    return err;
+  out.pack_bytes = out.bytes.size();
+  if (auto err = append_file(base + ".idx", out.bytes))
+    return err;
+  out.index_bytes = out.bytes.size() - out.pack_bytes;
+  return out;
 }
 
 caf::error validate_untrusted_tree(const std::string& repo, const std::string& commit,
@@ -1581,6 +1693,20 @@ std::string vm_prepare_command(const std::string& workdir) {
   return cmd.str();
 }
 
+namespace {
+
+// Checks out $C into an empty worktree, then records it as the VM's base.
+std::string vm_fresh_checkout() {
+  return "  g checkout -q -f --detach \"$C\" || fail \"git checkout failed in $W\"\n"
+         // Files written in the same second as the index are "racily clean"
+         // and git re-reads every one of them until the index is written
+         // again later: rewrite it once that second has passed, in the
+         // background, so the next sync does not pay for the whole tree.
+         "  ( sleep 2; g update-index -q --refresh ) > /dev/null 2>&1 < /dev/null &\n";
+}
+
+} // namespace
+
 std::string vm_receive_command(const std::string& workdir, const std::string& commit,
                                const std::string& base, const std::string& vm_now) {
   std::ostringstream cmd;
@@ -1595,13 +1721,8 @@ std::string vm_receive_command(const std::string& workdir, const std::string& co
          "g index-pack --stdin --fix-thin > /dev/null || fail \"git index-pack failed\"\n"
          "g cat-file -e \"$C^{commit}\" || fail \"the pack did not hold commit $C\"\n"
          "if [ -z \"$B\" ]; then\n"
-         "  g checkout -q -f --detach \"$C\" || fail \"git checkout failed in $W\"\n"
-         // Files written in the same second as the index are "racily clean"
-         // and git re-reads every one of them until the index is written
-         // again later: rewrite it once that second has passed, in the
-         // background, so the next sync does not pay for the whole tree.
-         "  ( sleep 2; g update-index -q --refresh ) > /dev/null 2>&1 < /dev/null &\n"
-         "else\n"
+      << vm_fresh_checkout()
+      << "else\n"
          // A two-tree merge keeps the agent's own changes and refuses, before
          // writing anything, when they touch what changed upstream.
          // After a sync down the worktree matches the VM's own snapshot N,
@@ -1622,6 +1743,34 @@ std::string vm_receive_command(const std::string& workdir, const std::string& co
          "g update-ref -m 'aloft: sync up' refs/aloft/base \"$C\" || fail \"git "
          "update-ref "
          "failed\"\n";
+  return cmd.str();
+}
+
+std::string vm_install_command(const std::string& workdir, const std::string& commit,
+                               const indexed_pack& pack) {
+  std::ostringstream cmd;
+  cmd << "W=" << shell_quote(workdir) << "; C=" << shell_quote(commit)
+      << "; N=" << shell_quote(pack.name) << "; PB=" << pack.pack_bytes
+      << "; IB=" << pack.index_bytes << "\n"
+      << vm_preamble()
+      << "cd \"$W\" 2> /dev/null || fail \"the VM worktree $W is missing\"\n"
+         "[ -d .git ] || fail \"the VM worktree $W is not a git repository\"\n"
+         "P=.git/objects/pack\n"
+         "mkdir -p \"$P\" || fail \"cannot create $W/$P\"\n"
+         "trap 'rm -f \"$P/tmp_aloft_$$.pack\" \"$P/tmp_aloft_$$.idx\"' EXIT\n"
+         // Written whole before either is visible, the index last: git
+         // finds a pack through its index.
+         "head -c \"$PB\" > \"$P/tmp_aloft_$$.pack\" && head -c \"$IB\" > "
+         "\"$P/tmp_aloft_$$.idx\" || fail \"cannot write the pack into $W/$P\"\n"
+         "[ \"$(wc -c < \"$P/tmp_aloft_$$.pack\")\" -eq \"$PB\" ] && [ \"$(wc -c < "
+         "\"$P/tmp_aloft_$$.idx\")\" -eq \"$IB\" ] || fail \"the pack arrived "
+         "incomplete\"\n"
+         "mv -f \"$P/tmp_aloft_$$.pack\" \"$P/$N.pack\" && mv -f \"$P/tmp_aloft_$$.idx\" "
+         "\"$P/$N.idx\" || fail \"cannot install the pack in $W/$P\"\n"
+         "g cat-file -e \"$C^{commit}\" || fail \"the pack did not hold commit $C\"\n"
+      << vm_fresh_checkout()
+      << "g update-ref -m 'aloft: sync up' refs/aloft/base \"$C\" || fail \"git "
+         "update-ref failed\"\n";
   return cmd.str();
 }
 

@@ -56,6 +56,8 @@ struct snapshot {
   std::string commit;
   std::string tree;
   tree_stats stats;
+  std::string top;                // the repository's top-level directory
+  std::vector<std::string> notes; // what is not synced (submodules, by path)
 };
 
 /// The ref names of a session.
@@ -75,7 +77,10 @@ caf::expected<std::string> check_worktree(const std::string& worktree,
 /// commit whose parent is HEAD (none in a repository without commits), using
 /// a temporary index: the user's index, files and branches are untouched.
 /// Stores it under `ref` when `ref` is not empty. Its stats count the sizes
-/// of the files on disk (what an upload would cost).
+/// of the files on disk (what an upload would cost). Errors as
+/// check_worktree's (failed_precondition, naming the worktree) when it
+/// cannot be synced; its notes are check_worktree's, nested repositories
+/// included.
 caf::expected<snapshot> snapshot_worktree(const std::string& worktree,
                                           const std::string& ref,
                                           const std::string& message);
@@ -100,6 +105,21 @@ caf::error check_upload_size(const tree_stats& stats, const limits& lim);
 /// when `have` is not empty.
 caf::expected<std::string> make_pack(const std::string& repo, const std::string& want,
                                      const std::vector<std::string>& have);
+
+/// A pack of every object reachable from `want` and the index (`.idx`) git
+/// wrote for it while packing: a VM that has nothing yet installs both as
+/// they are (vm_install_command) instead of indexing the pack, which would
+/// hash every object again. Only for packs the engine makes: nothing from a
+/// VM is ever taken without indexing and checking it.
+struct indexed_pack {
+  std::string name;     // "pack-<checksum>", the files' name in objects/pack
+  std::string bytes;    // the pack, then its index
+  uint64_t pack_bytes = 0;
+  uint64_t index_bytes = 0;
+};
+
+caf::expected<indexed_pack> make_indexed_pack(const std::string& repo,
+                                              const std::string& want);
 
 /// Indexes an untrusted pack into a quarantine object directory, checks the
 /// tree of `commit` there (validate_untrusted_tree, with `base` the commit
@@ -191,6 +211,13 @@ std::string vm_prepare_command(const std::string& workdir);
 /// the last sync (a sync down after `base`): the update then starts from it.
 std::string vm_receive_command(const std::string& workdir, const std::string& commit,
                                const std::string& base, const std::string& vm_now = {});
+
+/// Reads an indexed_pack on stdin (`pack.pack_bytes` of pack, then its
+/// index), installs both in the prepared VM repository at `workdir` as they
+/// are and checks out `commit` afresh, as vm_receive_command does without a
+/// base. For the first sync up. Uses `pack`'s name and sizes, not its bytes.
+std::string vm_install_command(const std::string& workdir, const std::string& commit,
+                               const indexed_pack& pack);
 
 /// Snapshots the agent's worktree (temporary index; the agent's index and
 /// branches untouched) as a commit whose parent is `base` and writes to

@@ -140,16 +140,25 @@ sync::snapshot git_sync_fixture::sync_up(const std::string& base) {
   EXPECT_TRUE(snap) << describe(snap.error());
   if (!snap)
     return {};
-  std::vector<std::string> have;
-  if (!base.empty())
-    have.push_back(base);
-  auto pack = sync::make_pack(local, snap->commit, have);
+  // As the sync actor runs them: one script, preparing (idempotent) and then
+  // receiving the pack on stdin; the first one with its index.
+  if (base.empty()) {
+    auto pack = sync::make_indexed_pack(local, snap->commit);
+    EXPECT_TRUE(pack) << describe(pack.error());
+    if (!pack)
+      return {};
+    last_pack_bytes = pack->pack_bytes;
+    auto r = sh(sync::vm_prepare_command(vm) + "\n"
+                    + sync::vm_install_command(vm, snap->commit, *pack),
+                pack->bytes);
+    EXPECT_EQ(r.exit_code, 0) << r.error;
+    return *snap;
+  }
+  auto pack = sync::make_pack(local, snap->commit, {base});
   EXPECT_TRUE(pack) << describe(pack.error());
   if (!pack)
     return {};
   last_pack_bytes = pack->size();
-  // As the sync actor runs them: one script, preparing (idempotent) and then
-  // receiving the pack on stdin.
   auto r = sh(sync::vm_prepare_command(vm) + "\n"
                   + sync::vm_receive_command(vm, snap->commit, base),
               *pack);

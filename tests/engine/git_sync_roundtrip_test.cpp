@@ -94,6 +94,42 @@ TEST_F(git_sync_roundtrip, the_vm_checkout_equals_the_worktree_and_increments_ar
   EXPECT_EQ(read_worktree(vm), local_without_ignored());
 }
 
+TEST_F(git_sync_roundtrip, the_first_sync_installs_the_pack_and_index_made_locally) {
+  make_varied_repo();
+  auto snap = sync::snapshot_worktree(local, sync::up_ref(session), "");
+  ASSERT_TRUE(snap) << describe(snap.error());
+  auto pack = sync::make_indexed_pack(local, snap->commit);
+  ASSERT_TRUE(pack) << describe(pack.error());
+  EXPECT_EQ(pack->name.size(), 45u);
+  EXPECT_EQ(pack->bytes.compare(0, 4, "PACK"), 0);
+  EXPECT_EQ(pack->bytes.size(), pack->pack_bytes + pack->index_bytes);
+  auto install = sync::vm_prepare_command(vm) + "\n"
+                 + sync::vm_install_command(vm, snap->commit, *pack);
+
+  // Cut short (a connection lost mid-way): refused, and nothing half-written
+  // stays in the VM's object store.
+  auto cut = sh(install, pack->bytes.substr(0, pack->pack_bytes + 100));
+  EXPECT_NE(cut.exit_code, 0);
+  EXPECT_NE(cut.error.find("incomplete"), std::string::npos) << cut.error;
+  EXPECT_EQ(sh("ls -A '" + vm + "/.git/objects/pack'").output, "");
+
+  auto r = sh(install, pack->bytes);
+  ASSERT_EQ(r.exit_code, 0) << r.error;
+  EXPECT_EQ(read_worktree(vm), local_without_ignored());
+  EXPECT_EQ(git(vm, {"rev-parse", "refs/aloft/base"}), snap->commit);
+  EXPECT_EQ(git(vm, {"status", "--porcelain"}), "");
+  // The index git wrote here serves the VM's git as if it had made it.
+  EXPECT_EQ(git_raw(vm, {"fsck", "--no-dangling"}).exit_code, 0);
+  EXPECT_EQ(sh("ls '" + vm + "/.git/objects/pack'").output,
+            pack->name + ".idx\n" + pack->name + ".pack\n");
+
+  // The next sync builds on it as on any other.
+  write_file(local + "/src/d3/f123.dat", random_bytes(10 * 1024, 5));
+  auto up2 = sync_up(snap->commit);
+  ASSERT_FALSE(up2.commit.empty());
+  EXPECT_EQ(read_worktree(vm), local_without_ignored());
+}
+
 TEST_F(git_sync_roundtrip, an_update_keeps_the_agents_changes_or_refuses_cleanly) {
   make_repo(local, {{"a.txt", "a\n"}, {"b.txt", "b\n"}});
   auto up1 = sync_up("");

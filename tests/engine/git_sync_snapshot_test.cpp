@@ -102,6 +102,7 @@ TEST_F(git_sync_snapshot, takes_assume_unchanged_files_as_they_are) {
   auto snap = sync::snapshot_worktree(local, "", "");
   ASSERT_TRUE(snap) << describe(snap.error());
   EXPECT_EQ(git(local, {"show", snap->commit + ":a.txt"}), "changed behind git's back");
+  EXPECT_EQ(git(local, {"ls-files", "-v"}), "h a.txt") << "the user's flag stays";
 }
 
 TEST_F(git_sync_snapshot, sees_a_file_changed_right_after_the_index_was_written) {
@@ -154,6 +155,17 @@ TEST_F(git_sync_snapshot, submodules_and_nested_repositories_are_noted_and_left_
   auto tree = git(local, {"ls-tree", "-r", snap->commit});
   EXPECT_EQ(tree.find("160000"), std::string::npos) << tree;
   EXPECT_NE(tree.find("a.txt"), std::string::npos) << tree;
+  // The snapshot says so itself (what a sync up reports), nested
+  // repositories included, for the submodules it finds on disk (a clone
+  // has at least an empty directory for each).
+  fs::create_directories(local + "/libs/sub");
+  snap = sync::snapshot_worktree(local, "", "");
+  ASSERT_TRUE(snap) << describe(snap.error());
+  EXPECT_EQ(fs::canonical(snap->top), fs::canonical(local));
+  ASSERT_EQ(snap->notes.size(), 2u);
+  EXPECT_NE(snap->notes[0].find("libs/sub"), std::string::npos) << snap->notes[0];
+  EXPECT_NE(snap->notes[1].find("nested"), std::string::npos) << snap->notes[1];
+  EXPECT_NE(snap->notes[1].find("not synced"), std::string::npos) << snap->notes[1];
 }
 
 TEST_F(git_sync_snapshot, the_upload_limit_names_the_largest_paths_and_the_setting) {
