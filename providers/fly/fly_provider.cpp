@@ -34,6 +34,7 @@ constexpr const char* meta_session = "aloft_session";
 constexpr const char* meta_key = "aloft_key";
 constexpr const char* meta_port = "aloft_ssh_port";
 constexpr const char* meta_workdir = "aloft_workdir";
+constexpr const char* meta_user = "aloft_ssh_user"; // set by the emulator only
 constexpr const char* default_workdir = "/root/work";
 
 // Attempts of an ambiguous create, each preceded (after the first) by a
@@ -91,7 +92,8 @@ vm_status status_of(const std::string& state) {
     return vm_status::starting;
   if (state == "started")
     return vm_status::running;
-  if (state == "destroying" || state == "destroyed")
+  // A machine being destroyed still exists (its destroy is not confirmed).
+  if (state == "destroyed")
     return vm_status::gone;
   return vm_status::stopped; // stopping, stopped, suspended, failed, replaced, ...
 }
@@ -131,6 +133,9 @@ caf::expected<vm_info> machine_from_json(const json& m, const std::string& host,
     auto wd = meta->get_string(meta_workdir);
     if (!wd.empty() && wd.front() == '/' && wd.find('\n') == std::string::npos)
       vm.workdir = wd;
+    auto user = meta->get_string(meta_user);
+    if (!user.empty() && user.size() <= 32 && is_safe_id(user))
+      vm.user = user;
   }
   return vm;
 }
@@ -288,8 +293,9 @@ private:
 
   void call(const std::string& method, const std::string& path, const std::string& body,
             http_call_options opts, std::function<void(caf::expected<http_response>)> done,
-            milliseconds timeout = milliseconds{30'000}) {
+            milliseconds timeout = milliseconds{30'000}, bool fresh_connection = false) {
     http_request req;
+    req.fresh_connection = fresh_connection;
     req.method = method;
     req.url = opts_.api_url + path;
     req.headers.emplace_back("Authorization", auth_);
@@ -340,21 +346,34 @@ private:
 
   // Runs `next` once the app exists with its IPs (made on first use).
   void ensure_app(std::function<void(caf::error)> next) {
+    bool ready = false;
     {
       std::lock_guard<std::mutex> guard{mtx_};
-      if (app_ready_) {
-        next({});
-        return;
+      ready = app_ready_;
+      if (!ready) {
+        app_waiters_.push_back(std::move(next));
+        if (app_waiters_.size() > 1)
+          return; // someone is making it
       }
-      app_waiters_.push_back(std::move(next));
-      if (app_waiters_.size() > 1)
-        return; // someone is making it
+    }
+    if (ready) {
+      next({}); // outside the lock: it may call back in
+      return;
     }
     auto self = shared_from_this();
     call("GET", "/v1/apps/" + app_, {}, options("get app " + app_),
          [self](caf::expected<http_response> r) {
            if (r && r->status == 404) {
              self->create_app();
+             return;
+           }
+           if (r && r->status == 403) {
+             self->app_done(make_error(
+               errc::permission_denied,
+               "the Fly app " + self->app_ + " exists but this token cannot reach it (another "
+                 "user or organization owns the name); choose another `app_prefix` for "
+                 "account " + self->opts_.account + ", or use a token of organization "
+                 + self->opts_.org));
              return;
            }
            auto j = body_of(r, "get app " + self->app_);
@@ -517,6 +536,7 @@ private:
     auto what = "create machine for " + req.session_id;
     auto opts = options(what);
     opts.max_attempts = 1; // this code decides, after looking
+    // A fresh connection: a create must never be replayed behind our back.
     call("POST", machines_path(), machine_body(req, pick_port()), opts,
          [self, req, attempt, done, what](caf::expected<http_response> r) {
            if (r && r->status >= 200 && r->status <= 299) {
@@ -576,7 +596,8 @@ private:
                                    again();
                                  });
            });
-         });
+         },
+         milliseconds{30'000}, /*fresh_connection=*/true);
   }
 
   void list_machines(const std::string& key, const std::string& value,

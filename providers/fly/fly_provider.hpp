@@ -48,6 +48,9 @@
 //   lists nothing.
 // - Destroy: `DELETE .../machines/{id}?force=true` (404: already gone),
 //   confirmed by `get` reporting it gone or destroyed.
+// - Workdir and user: /root/work and root, unless the machine's metadata
+//   names others (`aloft_workdir`, `aloft_ssh_user`: only the emulator,
+//   whose machines are sandboxes on the host, sets them).
 // - Status: created/starting -> starting; started -> running;
 //   stopping/stopped/suspended/failed/replaced -> stopped; destroying,
 //   destroyed or 404 -> gone.

@@ -123,6 +123,8 @@ caf::error curl_transfer::prepare(const http_request& req) {
   // Redirects are not followed: a provider API does not redirect, and a
   // redirect must never carry the Authorization header elsewhere.
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, req.fresh_connection ? 1L : 0L);
+  curl_easy_setopt(e, CURLOPT_FORBID_REUSE, req.fresh_connection ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(req.timeout.count()));
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(req.timeout.count()));

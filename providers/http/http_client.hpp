@@ -39,6 +39,11 @@ struct http_request {
   std::string body;
   /// The whole exchange, connecting included.
   std::chrono::milliseconds timeout{10000};
+  /// Send on a new connection, closed afterwards. libcurl replays a request
+  /// once, silently, when a reused connection turns out dead before any
+  /// answer; a request that must never reach the server twice (a create)
+  /// asks for this.
+  bool fresh_connection = false;
 };
 
 struct http_response {

@@ -44,13 +44,13 @@ void actor_fixture::start() {
   senv->blocking = &blocking_;
   senv->home = resolve_home(home_);
   senv->installation_id = "i-test";
-  senv->ssh_keys = false;
+  senv->ssh_keys = ssh_keys_;
   senv->retry_delay_ms = 1000;
   senv->provider_timeout_ms = 5000;
   registry_env renv;
   renv.sessions = senv;
   renv.accounts["local"] = default_local_account();
-  renv.providers["local"] = provider_;
+  renv.providers["local"] = client_ ? client_ : std::shared_ptr<provider>{provider_};
   registry_ = spawn_registry(*sys_, std::move(renv));
   caf::anon_send(registry_, subscribe_atom::value, uint64_t{1},
                  subscriber_fn{[this](const event& e) { events_.push_back(e); }});
@@ -76,6 +76,12 @@ void actor_fixture::crash() {
   sched.run();
   self_.reset();
   sys_.reset();
+}
+
+void actor_fixture::use_client(std::shared_ptr<provider> client) {
+  client_ = std::move(client);
+  ssh_keys_ = true;
+  restart();
 }
 
 void actor_fixture::run() {

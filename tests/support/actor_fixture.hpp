@@ -66,6 +66,10 @@ protected:
   void run();
   void advance(int64_t ms);
 
+  /// Puts `client` (a real provider) behind the `local` account instead of
+  /// the fake one, with per-session SSH keys; restarts the (empty) graph.
+  void use_client(std::shared_ptr<provider> client);
+
   /// Sends a request to the registry, runs the scheduler, returns the reply.
   template <class T, class... Ts>
   caf::expected<T> ask(Ts&&... xs) {
@@ -89,6 +93,8 @@ protected:
   std::unique_ptr<store> db_ = make_memory_store();
   std::unique_ptr<crashable_store> gate_;
   std::shared_ptr<fake_provider> provider_ = std::make_shared<fake_provider>();
+  std::shared_ptr<provider> client_; // when set, used instead of provider_
+  bool ssh_keys_ = false;
   inline_executor blocking_;
   std::string home_;
   std::vector<event> events_;
