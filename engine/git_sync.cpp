@@ -1689,20 +1689,46 @@ std::string vm_prepare_command(const std::string& workdir) {
          "cd \"$W\" || fail \"cannot enter the VM worktree $W\"\n"
          "if [ ! -d .git ]; then g -c init.defaultBranch=main init -q || fail \"git init "
          "failed in $W\"; fi\n"
-         "g config core.hooksPath /dev/null || fail \"git config failed in $W\"\n";
+         // Read by the shell (no process) when it is set already.
+         "h=\n"
+         "while read -r l; do [ \"$l\" = 'hooksPath = /dev/null' ] && h=1; done < "
+         ".git/config\n"
+         "[ -n \"$h\" ] || g config core.hooksPath /dev/null || fail \"git config failed "
+         "in $W\"\n";
   return cmd.str();
 }
 
 namespace {
 
+// `why`, which fails naming the commit ($B, $N or $C) missing from the VM's
+// repository, if one is: what a failure may come from is looked at after
+// it, not before every sync. (An incremental pack is thin: its deltas need
+// the base's objects.)
+std::string vm_why() {
+  return "why() {\n"
+         "  [ -z \"$B\" ] || g cat-file -e \"$B^{commit}\" 2> /dev/null || fail \"the VM "
+         "repository lacks the synced-up snapshot $B; sync up from scratch\"\n"
+         "  [ -z \"$N\" ] || g cat-file -e \"$N^{commit}\" 2> /dev/null || fail \"the VM "
+         "repository lacks its snapshot $N\"\n"
+         "  g cat-file -e \"$C^{commit}\" 2> /dev/null || fail \"the pack did not hold "
+         "commit $C\"\n"
+         "}\n";
+}
+
 // Checks out $C into an empty worktree, then records it as the VM's base.
 std::string vm_fresh_checkout() {
-  return "  g checkout -q -f --detach \"$C\" || fail \"git checkout failed in $W\"\n"
+  return "  g checkout -q -f --detach \"$C\" || { why; fail \"git checkout failed in "
+         "$W\"; }\n"
          // Files written in the same second as the index are "racily clean"
          // and git re-reads every one of them until the index is written
-         // again later: rewrite it once that second has passed, in the
-         // background, so the next sync does not pay for the whole tree.
-         "  ( sleep 2; g update-index -q --refresh ) > /dev/null 2>&1 < /dev/null &\n";
+         // again later: rewrite it as soon as that second has passed (50 ms
+         // after, for file systems whose clocks lag), in the background, so
+         // that the next sync is unlikely to pay for the whole tree. (Where
+         // `date` has no nanoseconds, a second later.)
+         "  ( n=$(date +%N 2> /dev/null); case $n in ''|*[!0-9]*) w=1 ;; *) "
+         "n=${n#\"${n%%[!0]*}\"}; r=$((1050000000 - ${n:-0})); "
+         "w=$((r / 1000000000)).$(printf %09d $((r % 1000000000))) ;; esac; "
+         "sleep \"$w\"; g update-index -q --refresh ) > /dev/null 2>&1 < /dev/null &\n";
 }
 
 } // namespace
@@ -1715,11 +1741,9 @@ std::string vm_receive_command(const std::string& workdir, const std::string& co
       << vm_preamble()
       << "cd \"$W\" 2> /dev/null || fail \"the VM worktree $W is missing\"\n"
          "[ -d .git ] || fail \"the VM worktree $W is not a git repository\"\n"
-         // An incremental pack is thin: its deltas need the base's objects.
-         "[ -z \"$B\" ] || g cat-file -e \"$B^{commit}\" 2> /dev/null || fail \"the VM "
-         "repository lacks the synced-up snapshot $B; sync up from scratch\"\n"
-         "g index-pack --stdin --fix-thin > /dev/null || fail \"git index-pack failed\"\n"
-         "g cat-file -e \"$C^{commit}\" || fail \"the pack did not hold commit $C\"\n"
+      << vm_why()
+      << "g index-pack --stdin --fix-thin > /dev/null || { why; fail \"git index-pack "
+         "failed\"; }\n"
          "if [ -z \"$B\" ]; then\n"
       << vm_fresh_checkout()
       << "else\n"
@@ -1730,19 +1754,19 @@ std::string vm_receive_command(const std::string& workdir, const std::string& co
          // that came home are not taken for untracked files in the way.
          "  F=\"$B\"\n"
          "  if [ -n \"$N\" ] && [ \"$N\" != \"$B\" ]; then\n"
-         "    g cat-file -e \"$N^{commit}\" 2> /dev/null || fail \"the VM repository lacks "
-         "its snapshot $N\"\n"
-         "    g read-tree \"$N\" || fail \"git read-tree failed\"\n"
+         "    g read-tree \"$N\" || { why; fail \"git read-tree failed\"; }\n"
          "    F=\"$N\"\n"
          "  fi\n"
-         "  g read-tree -m -u \"$F\" \"$C\" || fail \"the new snapshot conflicts with "
-         "the "
-         "agent's changes on the VM; nothing was changed there\"\n"
-         "  g update-ref -m 'aloft: sync up' HEAD \"$C\" \"$B\" 2> /dev/null || :\n"
+         "  g read-tree -m -u \"$F\" \"$C\" || { why; fail \"the new snapshot conflicts "
+         "with the agent's changes on the VM; nothing was changed there\"; }\n"
+         // HEAD follows when the agent left it at the base (one transaction
+         // with the base ref, or the base ref alone when HEAD moved).
+         "  printf 'update HEAD %s %s\\nupdate refs/aloft/base %s\\n' "
+         "\"$C\" \"$B\" \"$C\" | g update-ref -m 'aloft: sync up' --stdin 2> /dev/null "
+         "&& exit 0\n"
          "fi\n"
          "g update-ref -m 'aloft: sync up' refs/aloft/base \"$C\" || fail \"git "
-         "update-ref "
-         "failed\"\n";
+         "update-ref failed\"\n";
   return cmd.str();
 }
 
@@ -1750,9 +1774,9 @@ std::string vm_install_command(const std::string& workdir, const std::string& co
                                const indexed_pack& pack) {
   std::ostringstream cmd;
   cmd << "W=" << shell_quote(workdir) << "; C=" << shell_quote(commit)
-      << "; N=" << shell_quote(pack.name) << "; PB=" << pack.pack_bytes
+      << "; B=; N=; K=" << shell_quote(pack.name) << "; PB=" << pack.pack_bytes
       << "; IB=" << pack.index_bytes << "\n"
-      << vm_preamble()
+      << vm_preamble() << vm_why()
       << "cd \"$W\" 2> /dev/null || fail \"the VM worktree $W is missing\"\n"
          "[ -d .git ] || fail \"the VM worktree $W is not a git repository\"\n"
          "P=.git/objects/pack\n"
@@ -1765,9 +1789,8 @@ std::string vm_install_command(const std::string& workdir, const std::string& co
          "[ \"$(wc -c < \"$P/tmp_aloft_$$.pack\")\" -eq \"$PB\" ] && [ \"$(wc -c < "
          "\"$P/tmp_aloft_$$.idx\")\" -eq \"$IB\" ] || fail \"the pack arrived "
          "incomplete\"\n"
-         "mv -f \"$P/tmp_aloft_$$.pack\" \"$P/$N.pack\" && mv -f \"$P/tmp_aloft_$$.idx\" "
-         "\"$P/$N.idx\" || fail \"cannot install the pack in $W/$P\"\n"
-         "g cat-file -e \"$C^{commit}\" || fail \"the pack did not hold commit $C\"\n"
+         "mv -f \"$P/tmp_aloft_$$.pack\" \"$P/$K.pack\" && mv -f \"$P/tmp_aloft_$$.idx\" "
+         "\"$P/$K.idx\" || fail \"cannot install the pack in $W/$P\"\n"
       << vm_fresh_checkout()
       << "g update-ref -m 'aloft: sync up' refs/aloft/base \"$C\" || fail \"git "
          "update-ref failed\"\n";

@@ -158,6 +158,31 @@ TEST_F(git_sync_roundtrip, an_update_keeps_the_agents_changes_or_refuses_cleanly
   EXPECT_EQ(git(vm, {"rev-parse", "refs/aloft/base"}), up2.commit);
 }
 
+TEST_F(git_sync_roundtrip, head_follows_the_sync_only_where_the_agent_left_it) {
+  make_repo(local, {{"a.txt", "a\n"}, {"b.txt", "b\n"}});
+  auto up1 = sync_up("");
+  write_file(local + "/a.txt", "user's a\n");
+  auto up2 = sync_up(up1.commit);
+  EXPECT_EQ(git(vm, {"rev-parse", "HEAD"}), up2.commit);
+
+  // The agent commits: HEAD is its own from then on, the base still moves.
+  write_file(vm + "/b.txt", "agent's b\n");
+  git(vm, {"commit", "-q", "-am", "agent"});
+  auto agents = git(vm, {"rev-parse", "HEAD"});
+  write_file(local + "/c.txt", "new\n");
+  auto up3 = sync_up(up2.commit);
+  EXPECT_EQ(git(vm, {"rev-parse", "HEAD"}), agents);
+  EXPECT_EQ(git(vm, {"rev-parse", "refs/aloft/base"}), up3.commit);
+  EXPECT_EQ(read_file(vm + "/c.txt"), "new\n");
+  EXPECT_EQ(read_file(vm + "/b.txt"), "agent's b\n");
+
+  // Hooks stay off even when the agent turned them back on.
+  git(vm, {"config", "core.hooksPath", ".githooks"});
+  write_file(local + "/c.txt", "newer\n");
+  sync_up(up3.commit);
+  EXPECT_EQ(git(vm, {"config", "core.hooksPath"}), "/dev/null");
+}
+
 TEST_F(git_sync_roundtrip, vm_commands_fail_clearly_on_a_missing_or_broken_worktree) {
   make_repo(local, {{"a.txt", "a\n"}});
   auto up1 = sync_up("");
@@ -176,6 +201,15 @@ TEST_F(git_sync_roundtrip, vm_commands_fail_clearly_on_a_missing_or_broken_workt
   r = sh(sync::vm_receive_command(vm, up1.commit, std::string(40, 'e')), "PACK");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.error.find("lacks the synced-up snapshot"), std::string::npos) << r.error;
+  auto empty = sync::make_pack(local, up1.commit, {up1.commit});
+  ASSERT_TRUE(empty);
+  r = sh(sync::vm_receive_command(vm, std::string(40, 'd'), up1.commit), *empty);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.error.find("did not hold commit"), std::string::npos) << r.error;
+  r = sh(sync::vm_receive_command(vm, up1.commit, up1.commit, std::string(40, 'c')),
+         *empty);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.error.find("lacks its snapshot"), std::string::npos) << r.error;
 
   ::unlink((vm + "/a.txt").c_str());
   r = sh(sync::vm_snapshot_command(vm, up1.commit));
