@@ -309,10 +309,16 @@ private:
     request(account_, caf::infinite, ready_atom::value, rec_.vm_id)
       .then(
         [=](const vm_info& vm) {
+          // What a ready VM reports wins over what its create said (a
+          // machine may only know its address, user or workdir once up).
           if (!vm.host.empty()) {
             rec_.host = vm.host;
             rec_.port = vm.port;
           }
+          if (!vm.user.empty())
+            rec_.user = vm.user;
+          if (!vm.workdir.empty())
+            rec_.workdir = vm.workdir;
           connect_and_launch();
         },
         [=](caf::error& err) { fail("VM did not become reachable: " + describe(err)); });
@@ -1024,6 +1030,9 @@ private:
                  });
       return;
     }
+    // An agent still running when its VM goes is stopped with it.
+    if (rec_.agent_status == agent_status::running)
+      rec_.agent_status = agent_status::stopped;
     transition(session_state::stopping, reason, [=] {
       if (on_stopping)
         on_stopping();

@@ -87,6 +87,8 @@ TEST(fly_session, a_session_runs_its_agent_on_a_machine_and_its_work_comes_home)
   auto v = eng.show(id);
   ASSERT_TRUE(v);
   ASSERT_EQ(v->record.state, session_state::running) << v->record.reason;
+  // The agent runs in the machine's sandbox, never in the host's /root/work.
+  EXPECT_EQ(v->record.workdir.rfind(tmp.path() + "/emulator/", 0), 0u) << v->record.workdir;
   auto log = eng.log_path(id);
   ASSERT_TRUE(log);
   ASSERT_TRUE(test::wait_until(

@@ -299,6 +299,7 @@ struct machine_record {
   uint64_t gen = 0;
   steady::time_point boot_due;
   std::optional<sandbox_run> run;
+  pid_t init_pid = 0; // of the last launch, until reaped
   bool init_reaped = true;
   std::thread init_waiter;
   std::vector<std::unique_ptr<tcp_forwarder>> proxies;
@@ -513,6 +514,7 @@ struct fly_emulator::impl {
       return;
     }
     m->run = *run;
+    m->init_pid = run->init_pid;
     m->init_reaped = run->init_pid <= 0;
     if (run->init_pid > 0)
       m->init_waiter =
@@ -586,8 +588,28 @@ struct fly_emulator::impl {
           opts.log("machine " + m->id + ": " + m->last_error);
       }
     }
-    if (waiter.joinable())
+    if (waiter.joinable()) {
+      // Whatever the teardown above did, the init must be gone before its
+      // waiter can be joined: a machine torn down while it was starting
+      // may reach here with its init still running.
+      pid_t pid = 0;
+      {
+        std::lock_guard<std::mutex> guard{mtx};
+        pid = m->init_pid;
+      }
+      auto until = steady::now() + std::chrono::seconds(10);
+      while (pid > 0 && steady::now() < until) {
+        {
+          std::lock_guard<std::mutex> guard{mtx};
+          if (m->init_reaped)
+            break;
+        }
+        ::kill(-pid, SIGKILL);
+        ::kill(pid, SIGKILL);
+        std::this_thread::sleep_for(milliseconds(2));
+      }
       waiter.join();
+    }
     std::vector<std::unique_ptr<tcp_forwarder>> proxies;
     {
       std::lock_guard<std::mutex> guard{mtx};
