@@ -12,6 +12,7 @@
 #include "actors/atoms.hpp"
 #include "actors/messages.hpp"
 #include "engine/base/error.hpp"
+#include "engine/clock.hpp"
 #include "engine/reconcile.hpp"
 #include "providers/provider.hpp"
 
@@ -124,11 +125,46 @@ private:
   }
 
   void enqueue(pending_call pc) {
-    if (in_flight_ >= env_.max_in_flight) {
-      queue_.push_back(std::move(pc));
-      return;
+    queue_.push_back(std::move(pc));
+    drain();
+  }
+
+  // Starts queued calls while the concurrency cap and the rate allow; when
+  // only the rate holds them back, comes back when the next token is due.
+  void drain() {
+    while (!queue_.empty() && in_flight_ < env_.max_in_flight) {
+      if (!take_token())
+        return;
+      auto next = std::move(queue_.front());
+      queue_.pop_front();
+      start_call(std::move(next));
     }
-    start_call(std::move(pc));
+  }
+
+  // The account's own rate limit (env_.rate_per_s, burst env_.rate_burst),
+  // on the engine's clock so tests drive it.
+  bool take_token() {
+    if (env_.rate_per_s <= 0 || env_.clock == nullptr)
+      return true;
+    auto now = env_.clock->now_ms();
+    if (last_refill_ms_ == 0)
+      tokens_ = env_.rate_burst, last_refill_ms_ = now;
+    tokens_ = std::min<double>(env_.rate_burst,
+                               tokens_ + (now - last_refill_ms_) * env_.rate_per_s / 1000.0);
+    last_refill_ms_ = now;
+    if (tokens_ >= 1) {
+      tokens_ -= 1;
+      return true;
+    }
+    if (!drain_scheduled_) {
+      drain_scheduled_ = true;
+      auto wait_ms = static_cast<int64_t>((1 - tokens_) * 1000.0 / env_.rate_per_s) + 1;
+      delayed_send(this, std::chrono::milliseconds{wait_ms}, actor_task{[this] {
+                     drain_scheduled_ = false;
+                     drain();
+                   }});
+    }
+    return false;
   }
 
   void start_call(pending_call pc) {
@@ -167,11 +203,7 @@ private:
         pc.rp.deliver(std::move(err));
       }
     }
-    while (!queue_.empty() && in_flight_ < env_.max_in_flight) {
-      auto next = std::move(queue_.front());
-      queue_.pop_front();
-      start_call(std::move(next));
-    }
+    drain();
   }
 
   // What the provider lists for this account's own sessions is what is live.
@@ -225,6 +257,9 @@ private:
   std::shared_ptr<provider> client_;
   account_env env_;
   size_t in_flight_ = 0;
+  double tokens_ = 0;
+  int64_t last_refill_ms_ = 0;
+  bool drain_scheduled_ = false;
   std::set<std::string> live_vms_; // created or listed, not yet destroyed
   std::deque<pending_call> queue_;
   std::mt19937 rng_{std::random_device{}()};

@@ -3,7 +3,9 @@
 // It owns the account's provider client and is the only way sessions reach
 // it. It retries what the retry policy calls retryable (with jittered
 // backoff, so a burst of sessions does not hammer a rate-limited API), caps
-// the provider calls in flight, and runs reconcile: list the VMs tagged with
+// the provider calls in flight, limits the rate at which they start (its
+// own token bucket: accounts of one provider do not share a budget), and
+// runs reconcile: list the VMs tagged with
 // this installation, destroy those no session owns, and report each action
 // as an event.
 //
@@ -30,12 +32,18 @@
 namespace aloft {
 
 class provider;
+class wall_clock;
 
 struct account_env {
   std::string installation_id;
   caf::actor registry; // receives (publish_atom, event) for reconcile actions
   retry_policy retry;
   size_t max_in_flight = 64;
+  /// Provider calls started per second (a token bucket with `rate_burst`);
+  /// <= 0: unlimited. Calls beyond it wait in order, never refused.
+  double rate_per_s = 0;
+  double rate_burst = 20;
+  const wall_clock* clock = nullptr; // for the rate limit
 };
 
 caf::actor spawn_account(caf::actor_system& sys, account acct,

@@ -53,6 +53,9 @@ struct registry_env {
   size_t events_kept = 1000;
   int64_t reconcile_interval_ms = 10 * 60 * 1000;
   int64_t provider_retry_base_ms = 200;
+  /// Each cloud account's own rate of provider calls (burst, then per s).
+  double cloud_calls_per_s = 20;
+  double cloud_calls_burst = 40;
 };
 
 caf::actor spawn_registry(caf::actor_system& sys, registry_env env);

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <mutex>
 #include <random>
+#include <set>
 
 #include "engine/base/error.hpp"
 #include "engine/base/json.hpp"
@@ -482,10 +483,28 @@ private:
 
   // -- machines ---------------------------------------------------------------
 
+  // A service port no other machine of the app uses (the app's IPs route a
+  // port to the machines that serve it: two would share one sshd's
+  // traffic). Below the usual ephemeral range, so a host running the
+  // emulator does not hand it out to a client socket meanwhile.
   uint16_t pick_port() {
     std::lock_guard<std::mutex> guard{mtx_};
-    std::uniform_int_distribution<int> d{20000, 59999};
-    return static_cast<uint16_t>(d(rng_));
+    std::uniform_int_distribution<int> d{10000, 32000};
+    for (;;) {
+      auto port = static_cast<uint16_t>(d(rng_));
+      if (used_ports_.insert(port).second)
+        return port;
+    }
+  }
+
+  void note_port(const vm_info& vm) {
+    if (vm.port == 0)
+      return;
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (vm.status == vm_status::gone)
+      used_ports_.erase(vm.port);
+    else
+      used_ports_.insert(vm.port);
   }
 
   std::string machine_body(const vm_request& req, uint16_t port) const {
@@ -627,6 +646,7 @@ private:
              // The filter may be ignored: check it here.
              auto mine = key == meta_key ? vm->idempotency_key == value
                                          : vm->installation_id == value;
+             self->note_port(*vm);
              if (mine && vm->status != vm_status::gone)
                out.push_back(std::move(*vm));
            }
@@ -771,6 +791,7 @@ private:
   bool app_ready_ = false;
   std::vector<std::function<void(caf::error)>> app_waiters_;
   std::string ssh_host_;
+  std::set<uint16_t> used_ports_;
   std::mt19937 rng_{std::random_device{}()};
 };
 

@@ -124,5 +124,33 @@ TEST_F(account_test, an_account_without_a_client_is_known_but_cannot_launch) {
   EXPECT_NE(message_of(r.error()).find("fly provider"), std::string::npos);
 }
 
+TEST_F(account_test, a_cloud_account_paces_its_calls_and_the_local_one_does_not) {
+  auto cloud = std::make_shared<fake_provider>();
+  account c;
+  c.name = "cloud";
+  c.provider = "fly"; // a cloud API: paced (the client here is a fake)
+  c.max_concurrent_vms = 1000;
+  ASSERT_TRUE(ask<done_atom>(account_atom::value, c, provider_ptr{cloud}));
+  auto local = default_local_account();
+  local.max_concurrent_vms = 1000;
+  set_account(local);
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(ask<session_record>(launch_atom::value, draft_on("cloud")));
+    ASSERT_TRUE(ask<session_record>(launch_atom::value, draft_on("local")));
+  }
+  run();
+  // The local account made all its VMs at once; the cloud one only its
+  // burst of calls (each session makes two: create, then wait for it).
+  EXPECT_EQ(provider_->creates(), 100u);
+  EXPECT_LE(cloud->creates(), 40u);
+  EXPECT_GE(cloud->creates(), 20u);
+  advance(1000);
+  auto after_one_second = cloud->creates();
+  EXPECT_LE(after_one_second, 60u) << "20 calls a second after the burst";
+  advance(20'000);
+  EXPECT_EQ(cloud->creates(), 100u) << "paced, never refused";
+  EXPECT_EQ(cloud->vm_count(), 100u);
+}
+
 } // namespace
 } // namespace aloft::testing

@@ -174,5 +174,44 @@ TEST_F(accounts_engine_test, reload_applies_what_loads_and_keeps_what_does_not) 
   EXPECT_NE(slurp(path).find("ipv5"), std::string::npos) << "the file was rewritten";
 }
 
+TEST_F(accounts_engine_test, removing_an_account_with_live_sessions_needs_force_which_destroys_them) {
+  account dev;
+  dev.name = "dev";
+  dev.provider = "local";
+  ASSERT_TRUE(engine_->add_account(dev, {}));
+  test::temp_dir wt;
+  launch_request req;
+  req.account = "dev";
+  req.agent_cmd = "sleep 600";
+  req.worktree = wt.path();
+  auto rec = engine_->launch(req);
+  ASSERT_TRUE(rec) << describe(rec.error());
+  ASSERT_TRUE(test::wait_until(
+    [&] {
+      auto v = engine_->show(rec->id);
+      return v && v->record.state == session_state::running;
+    },
+    std::chrono::seconds(30)));
+  auto refused = engine_->remove_account("dev", false);
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(code_of(refused), errc::failed_precondition);
+  EXPECT_NE(message_of(refused).find(rec->id), std::string::npos) << message_of(refused);
+  ASSERT_FALSE(engine_->remove_account("dev", true));
+  auto v = engine_->show(rec->id);
+  ASSERT_TRUE(v);
+  EXPECT_TRUE(v->record.state == session_state::stopping
+              || v->record.state == session_state::destroyed)
+    << to_string(v->record.state);
+  ASSERT_TRUE(test::wait_until(
+    [&] {
+      auto s = engine_->show(rec->id);
+      return s && s->record.state == session_state::destroyed;
+    },
+    std::chrono::seconds(30)))
+    << "the retired account's client still destroys the VM";
+  expect_nothing_stored("dev");
+  EXPECT_TRUE(test::processes_matching(home_.path() + "/sandboxes-dev").empty());
+}
+
 } // namespace
 } // namespace aloft

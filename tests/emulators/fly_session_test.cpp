@@ -188,6 +188,8 @@ TEST(fly_session, a_soak_under_faults_leaks_and_doubles_nothing) {
       } else {
         ++failed;
         EXPECT_FALSE(rec.reason.empty()) << rec.id << " failed without a reason";
+        std::printf("[ measure ] fly soak: %s %s: %s\n", rec.id.c_str(),
+                    to_string(rec.state), rec.reason.c_str());
       }
     }
     auto secs = std::chrono::duration<double>(steady::now() - t0).count();
