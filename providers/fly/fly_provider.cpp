@@ -266,6 +266,8 @@ public:
     auto self = shared_from_this();
     auto opts = options("destroy machine " + vm_id);
     opts.rate_key = "machine:" + vm_id + ":delete";
+    opts.rate_per_s = opts_.mutation_rate_per_s;
+    opts.rate_burst = opts_.mutation_burst;
     call("DELETE", machines_path() + "/" + vm_id + "?force=true", {}, opts,
          [self, vm_id, done](caf::expected<http_response> r) {
            if (!r) {
@@ -555,6 +557,9 @@ private:
     auto what = "create machine for " + req.session_id;
     auto opts = options(what);
     opts.max_attempts = 1; // this code decides, after looking
+    opts.rate_key = "app:" + app_ + ":create";
+    opts.rate_per_s = opts_.mutation_rate_per_s;
+    opts.rate_burst = opts_.mutation_burst;
     // A fresh connection: a create must never be replayed behind our back.
     call("POST", machines_path(), machine_body(req, pick_port()), opts,
          [self, req, attempt, done, what](caf::expected<http_response> r) {

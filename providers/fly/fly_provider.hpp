@@ -96,6 +96,10 @@ struct fly_provider_options {
   std::chrono::milliseconds boot_timeout{std::chrono::minutes(5)};
   /// Polling of the sshd port once the machine started.
   std::chrono::milliseconds ssh_poll_interval{500};
+  /// Fly's documented limit for mutations, per app (create) and per
+  /// machine (delete): 1 per second, burst 3. Emulator runs may raise it.
+  double mutation_rate_per_s = 1.0;
+  int mutation_burst = 3;
 };
 
 /// The options of `account`'s Fly settings with its token.

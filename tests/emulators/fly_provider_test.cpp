@@ -305,6 +305,27 @@ TEST_F(fly_provider_test, an_app_name_owned_by_someone_else_says_what_to_change)
     << message_of(vm.error());
 }
 
+TEST_F(fly_provider_test, creates_keep_to_flys_rate_of_one_a_second_after_a_burst_of_three) {
+  auto& p = *make();
+  ASSERT_TRUE(list(p));
+  auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::future<caf::expected<vm_info>>> all;
+  for (int i = 0; i < 5; ++i) {
+    auto pr = std::make_shared<std::promise<caf::expected<vm_info>>>();
+    all.push_back(pr->get_future());
+    p.create(request("s-00000000010" + std::to_string(i), "k-r" + std::to_string(i)),
+             [pr](caf::expected<vm_info> r) { pr->set_value(std::move(r)); });
+  }
+  for (auto& f : all) {
+    ASSERT_EQ(f.wait_for(60s), std::future_status::ready);
+    auto r = f.get();
+    EXPECT_TRUE(r) << describe(r.error());
+  }
+  // Three at once, then one a second: the fifth starts two seconds in.
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 1800ms);
+  EXPECT_EQ(emu_->live_machines(), 5u);
+}
+
 TEST_F(fly_provider_test, listing_without_an_app_creates_nothing) {
   auto& p = *make();
   auto all = list(p);
