@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <optional>
 
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
@@ -191,6 +192,25 @@ private:
     }
     progress("snapshot", "snapshot of the agent's worktree on the VM", 0, 0);
     auto self_handle = caf::actor_cast<caf::actor>(this);
+    if (!job_.safety && job_.mode == sync::apply_mode::apply) {
+      // The local state the apply merges into and saves is taken while the
+      // VM takes its snapshot, not after.
+      capturing_ = true;
+      auto job = job_;
+      blocking_->post([this, self_handle, job] {
+        auto taken = std::make_shared<caf::expected<std::shared_ptr<const sync::local_state>>>(
+          sync::capture_local_state(job.worktree, job.session, job.base));
+        caf::anon_send(self_handle, actor_task{[this, taken] {
+          capturing_ = false;
+          if (!*taken) {
+            finish(std::move(taken->error()));
+            return;
+          }
+          local_ = std::move(**taken);
+          store_when_ready();
+        }});
+      });
+    }
     start_bytes_ = shell_->bytes_in();
     running_ = true;
     shell_->run(sync::vm_snapshot_command(job_.workdir, job_.base), {},
@@ -244,11 +264,24 @@ private:
     }
     progress("apply", "checking and storing " + human_bytes(pack_bytes) + " from the VM",
              pack_bytes, pack_bytes);
+    received_ = received{std::move(buf), nl, std::move(commit), pack_bytes};
+    store_when_ready();
+  }
+
+  // Stores and applies what the VM sent once the local state (when the job
+  // takes one) is there too.
+  void store_when_ready() {
+    if (!received_ || capturing_ || storing_)
+      return;
+    storing_ = true;
     auto job = job_;
+    auto in = *received_;
+    auto local = local_;
     auto self_handle = caf::actor_cast<caf::actor>(this);
-    blocking_->post([this, self_handle, job, buf, nl, commit, pack_bytes] {
+    blocking_->post([this, self_handle, job, in, local] {
       auto result = std::make_shared<caf::expected<sync_outcome>>(
-        store_down(job, std::string_view{*buf}.substr(nl + 1), commit, pack_bytes));
+        store_down(job, std::string_view{*in.buf}.substr(in.nl + 1), in.commit,
+                   in.pack_bytes, local));
       caf::anon_send(self_handle, actor_task{[this, result] {
         if (*result)
           progress("done", "synced down " + (*result)->commit.substr(0, 12), 0, 0);
@@ -257,26 +290,35 @@ private:
     });
   }
 
-  // Runs on the executor.
-  static caf::expected<sync_outcome> store_down(const sync_job& job, std::string_view pack,
-                                                const std::string& commit,
-                                                uint64_t pack_bytes) {
+  // Runs on the executor. `local`: the local state taken for an apply.
+  static caf::expected<sync_outcome>
+  store_down(const sync_job& job, std::string_view pack, const std::string& commit,
+             uint64_t pack_bytes, std::shared_ptr<const sync::local_state> local) {
     sync_outcome out;
-    auto repo = sync::check_worktree(job.worktree, out.notes);
-    if (!repo)
-      return repo.error();
-    if (auto err = sync::receive_untrusted_pack(*repo, pack, commit, job.base, job.limits))
+    std::string repo;
+    if (local) {
+      repo = sync::snapshot_of(*local).top;
+      out.notes = sync::snapshot_of(*local).notes;
+    } else {
+      auto top = sync::check_worktree(job.worktree, out.notes);
+      if (!top)
+        return top.error();
+      repo = std::move(*top);
+    }
+    if (auto err = sync::receive_untrusted_pack(repo, pack, commit, job.base, job.limits))
       return err;
     out.commit = commit;
     out.base = job.base;
     out.bytes = pack_bytes;
     out.ref = job.safety ? sync::safety_ref(job.session) : sync::down_ref(job.session);
-    if (auto err = sync::update_ref(*repo, out.ref, commit))
-      return err;
+    // An apply sets the down ref itself, with the local state it saves.
+    if (job.safety || job.mode != sync::apply_mode::apply)
+      if (auto err = sync::update_ref(repo, out.ref, commit))
+        return err;
     if (job.safety)
       return out;
     auto applied = sync::apply_down(job.worktree, job.session, job.base, commit, job.mode,
-                                    job.branch);
+                                    job.branch, std::move(local));
     if (!applied)
       return applied.error();
     out.applied = std::move(*applied);
@@ -322,6 +364,9 @@ private:
   }
 
   void finish(caf::expected<sync_outcome> result) {
+    if (finished_)
+      return;
+    finished_ = true;
     if (result)
       rp_.deliver(std::move(*result));
     else
@@ -334,9 +379,21 @@ private:
   executor* blocking_;
   caf::actor registry_;
   caf::response_promise rp_;
+  // What the VM sent for a sync down, checked for size and framing.
+  struct received {
+    std::shared_ptr<std::string> buf;
+    size_t nl = 0; // where the header ends
+    std::string commit;
+    uint64_t pack_bytes = 0;
+  };
+  std::optional<received> received_;
+  std::shared_ptr<const sync::local_state> local_; // taken for an apply
+  bool capturing_ = false;   // the local state is being taken
+  bool storing_ = false;     // store_down was posted
   bool running_ = false;     // a request is on the VM
   uint64_t start_bytes_ = 0; // the shell's byte count when it was sent
   uint64_t total_ = 0;
+  bool finished_ = false;
 };
 
 } // namespace

@@ -5,10 +5,12 @@
 //       channel of its transport) into the VM's repository and update its
 //       checkout. A first sync sends the pack with the index git wrote for
 //       it, which the VM installs as it is.
-// Down: snapshot the agent's worktree on the VM -> receive the pack (bounded,
-//       checked as untrusted before anything enters the local repository,
-//       on the executor) -> store it under the session's refs -> apply,
-//       branch or dry run (or, for a safety sync, only the safety ref).
+// Down: snapshot the agent's worktree on the VM (for an apply, the local
+//       state it merges into is taken meanwhile, on the executor) ->
+//       receive the pack (bounded, checked as untrusted before anything
+//       enters the local repository, on the executor) -> store it under the
+//       session's refs -> apply, branch or dry run (or, for a safety sync,
+//       only the safety ref).
 // It publishes `sync` progress events (bytes and phase) and replies to its
 // session with a `sync_outcome`, then quits. Blocking git work runs on the
 // executor; bytes move on the transport's I/O thread.

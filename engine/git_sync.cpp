@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <deque>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <memory>
 #include <optional>
@@ -371,7 +372,12 @@ caf::error check_entries(const std::vector<tree_entry>& entries,
   return {};
 }
 
-// -- temporary directories ------------------------------------------------------
+} // namespace
+
+// -- temporary directories and snapshots ----------------------------------------
+
+// Types local_state (which the header names) is made of.
+namespace detail {
 
 // A directory made with mkdtemp, removed with its contents on every path.
 class scratch_dir {
@@ -396,6 +402,32 @@ private:
   std::string path_;
 };
 
+struct repo_paths {
+  std::string top;     // the worktree's top level
+  std::string git_dir; // this worktree's git directory
+  std::string index;   // the user's index file
+  std::string objects; // the object store (shared by linked worktrees)
+  std::string head;    // HEAD's commit when asked for; empty when unborn
+};
+
+// A snapshot and the temporary index it was made with (its stat data fresh:
+// an apply checks out from it).
+struct snapshot_work {
+  repo_paths paths;
+  std::unique_ptr<scratch_dir> scratch;
+  std::string index;
+  std::string head; // empty for an unborn HEAD
+  snapshot snap;
+  std::vector<tree_entry> entries; // of the snapshot, sizes as on disk
+};
+
+} // namespace detail
+using detail::repo_paths;
+using detail::scratch_dir;
+using detail::snapshot_work;
+
+namespace {
+
 // -- running git ------------------------------------------------------------------
 
 struct git_env {
@@ -406,6 +438,7 @@ struct git_env {
 
 struct git_call {
   git_env env;
+  std::vector<std::string> config; // "name=value" for this call only (-c)
   std::string_view input;
   std::vector<int> ok_codes{0};
   errc code = errc::internal; // the code of the error when git fails
@@ -457,6 +490,10 @@ caf::expected<process_result> run_git(const std::string& dir,
                "advice.addEmbeddedRepo=false", "-c", "gc.auto=0",
                // Parallel checkout (above git's 100-file threshold only).
                "-c", "checkout.workers=0"};
+  for (auto& c : call.config) {
+    spec.argv.emplace_back("-c");
+    spec.argv.push_back(c);
+  }
   spec.argv.insert(spec.argv.end(), args.begin(), args.end());
   spec.env = git_environment(call.env);
   spec.input = call.input;
@@ -480,14 +517,6 @@ caf::expected<std::string> git_text(const std::string& dir,
   return trim_end(std::move(r->output));
 }
 
-struct repo_paths {
-  std::string top;     // the worktree's top level
-  std::string git_dir; // this worktree's git directory
-  std::string index;   // the user's index file
-  std::string objects; // the object store (shared by linked worktrees)
-  std::string head;    // HEAD's commit when asked for; empty when unborn
-};
-
 // Where the repository of `worktree` keeps things, and with `with_head` the
 // commit HEAD points at, in one `git rev-parse`.
 caf::expected<repo_paths> locate_repo(const std::string& worktree,
@@ -498,10 +527,10 @@ caf::expected<repo_paths> locate_repo(const std::string& worktree,
                       worktree + " is not a directory: nothing would be synced");
   git_call call;
   call.ok_codes = {0, 1, 128};
-  std::vector<std::string> args{"rev-parse",          "--path-format=absolute",
-                                "--show-toplevel",    "--absolute-git-dir",
-                                "--git-path",         "index",
-                                "--git-path",         "objects",
+  std::vector<std::string> args{"rev-parse",           "--path-format=absolute",
+                                "--show-toplevel",     "--absolute-git-dir",
+                                "--git-path",          "index",
+                                "--git-path",          "objects",
                                 "--show-object-format"};
   if (with_head) {
     // Exits 1 (quietly, after the rest) when HEAD has no commit yet.
@@ -757,17 +786,6 @@ caf::error append_file(const std::string& path, std::string& out) {
   return err;
 }
 
-// A snapshot and the temporary index it was made with (its stat data fresh:
-// an apply checks out from it).
-struct snapshot_work {
-  repo_paths paths;
-  std::unique_ptr<scratch_dir> scratch;
-  std::string index;
-  std::string head; // empty for an unborn HEAD
-  snapshot snap;
-  std::vector<tree_entry> entries; // of the snapshot, sizes as on disk
-};
-
 // The entries of `git ls-files -s -v -z` output ("<tag> <mode> <object>
 // <stage>\t<path>" each) into `entries`, and the paths of gitlinks into
 // `gitlinks` ("\0"-terminated, for update-index -z). Returns whether an
@@ -945,9 +963,14 @@ struct tree_change {
   std::string path;
 };
 
-caf::expected<std::vector<tree_change>>
-diff_trees(const std::string& top, const std::string& from, const std::string& to) {
-  auto r = run_git(top, {"diff-tree", "-r", "-z", "--no-renames", from, to});
+caf::expected<std::vector<tree_change>> diff_trees(const std::string& top,
+                                                   const std::string& from,
+                                                   const std::string& to,
+                                                   const git_env& env = {}) {
+  git_call call;
+  call.env = env;
+  call.code = errc::data_loss;
+  auto r = run_git(top, {"diff-tree", "-r", "-z", "--no-renames", from, to}, call);
   if (!r)
     return r.error();
   auto recs = split_nul(r->output);
@@ -1295,60 +1318,80 @@ caf::expected<indexed_pack> make_indexed_pack(const std::string& repo,
   return out;
 }
 
-caf::error validate_untrusted_tree(const std::string& repo, const std::string& commit,
-                                   const std::string& object_dir, const limits& lim) {
-  if (auto err = check_oid(commit, "validate"))
-    return err;
+namespace {
+
+// The parents named by a commit object's text.
+std::vector<std::string> parents_of(const std::string& body) {
+  std::vector<std::string> parents;
+  std::istringstream lines{body};
+  for (std::string line; std::getline(lines, line) && !line.empty();)
+    if (line.compare(0, 7, "parent ") == 0)
+      parents.push_back(line.substr(7));
+  return parents;
+}
+
+// validate_untrusted_tree in a located repository; `known_parents`, when
+// set, are the commit's parents as already read.
+caf::error validate_tree(const repo_paths& paths, const std::string& commit,
+                         const std::string& object_dir, const limits& lim,
+                         const std::vector<std::string>* known_parents) {
+  const auto& repo = paths.top;
   git_env env;
   if (!object_dir.empty()) {
-    auto paths = locate_repo(repo);
-    if (!paths)
-      return paths.error();
     env.object_dir = object_dir;
-    env.alternates = paths->objects;
+    env.alternates = paths.objects;
   }
   git_call call;
   call.env = env;
   call.code = errc::data_loss;
-  auto body = git_text(repo, {"cat-file", "commit", commit}, call);
-  if (!body)
-    return annotate(body.error(),
-                    "the VM's snapshot " + commit + " is not a readable commit");
-  std::vector<std::string> parents;
-  std::istringstream lines{*body};
-  for (std::string line; std::getline(lines, line) && !line.empty();)
-    if (line.compare(0, 7, "parent ") == 0)
-      parents.push_back(line.substr(7));
-  auto entries = list_tree(repo, commit, env, lim.max_files, false);
-  if (!entries)
-    return entries.error();
-
   // What the VM left as it was in the repository's own parent commit (the
   // synced-up snapshot) came from the user and is only context: a user may
   // well have a symlink to /opt. The rules and limits judge what the VM
-  // added or changed.
-  std::map<std::string, std::pair<uint32_t, std::string>> inherited;
-  if (parents.size() == 1 && is_hex_oid(parents[0])) {
-    git_call in_repo;
-    in_repo.ok_codes = {0, 1, 128};
-    auto local = run_git(repo, {"cat-file", "-e", parents[0] + "^{commit}"}, in_repo);
-    if (!local)
-      return local.error();
-    if (local->exit_code == 0) {
-      auto base_entries = list_tree(repo, parents[0], {}, UINT64_MAX, false);
-      if (!base_entries)
-        return base_entries.error();
-      for (auto& e : *base_entries)
-        inherited.emplace(e.path, std::make_pair(e.mode, e.object));
-    }
-  }
+  // added or changed: the paths this finds (all when the parent is not the
+  // repository's own). Read while the whole tree is listed.
+  using changed_paths = std::optional<std::set<std::string>>;
+  auto changed_job =
+      std::async(std::launch::async, [&]() -> caf::expected<changed_paths> {
+        std::vector<std::string> parents;
+        if (known_parents) {
+          parents = *known_parents;
+        } else {
+          auto body = git_text(repo, {"cat-file", "commit", commit}, call);
+          if (!body)
+            return annotate(body.error(),
+                            "the VM's snapshot " + commit + " is not a readable commit");
+          parents = parents_of(*body);
+        }
+        if (parents.size() != 1 || !is_hex_oid(parents[0]))
+          return changed_paths{};
+        git_call in_repo;
+        in_repo.ok_codes = {0, 1, 128};
+        auto local = run_git(repo, {"cat-file", "-e", parents[0] + "^{commit}"}, in_repo);
+        if (!local)
+          return local.error();
+        if (local->exit_code != 0)
+          return changed_paths{};
+        auto changes = diff_trees(repo, parents[0], commit, env);
+        if (!changes)
+          return changes.error();
+        std::set<std::string> out;
+        for (auto& c : *changes)
+          if (c.new_mode != 0)
+            out.insert(c.path);
+        return changed_paths{std::move(out)};
+      });
+  auto entries = list_tree(repo, commit, env, lim.max_files, false);
+  auto changed = changed_job.get();
+  if (!changed)
+    return changed.error();
+  if (!entries)
+    return entries.error();
+
   std::vector<bool> selected(entries->size());
   std::set<std::string> new_blobs;
   for (size_t i = 0; i < entries->size(); ++i) {
     auto& e = (*entries)[i];
-    auto it = inherited.find(e.path);
-    selected[i] = it == inherited.end() || it->second.first != e.mode
-                  || it->second.second != e.object;
+    selected[i] = !*changed || (*changed)->count(e.path) > 0;
     if (selected[i] && e.type == "blob")
       new_blobs.insert(e.object);
   }
@@ -1381,6 +1424,23 @@ caf::error validate_untrusted_tree(const std::string& repo, const std::string& c
   return check_entries(*entries, *targets, lim, &selected);
 }
 
+} // namespace
+
+caf::error validate_untrusted_tree(const std::string& repo, const std::string& commit,
+                                   const std::string& object_dir, const limits& lim) {
+  if (auto err = check_oid(commit, "validate"))
+    return err;
+  repo_paths paths;
+  if (!object_dir.empty()) {
+    auto located = locate_repo(repo);
+    if (!located)
+      return located.error();
+    paths = std::move(*located);
+  }
+  paths.top = repo;
+  return validate_tree(paths, commit, object_dir, lim, nullptr);
+}
+
 caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack,
                                   const std::string& commit, const std::string& base,
                                   const limits& lim) {
@@ -1411,6 +1471,9 @@ caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack
   call.env.alternates = paths->objects;
   call.input = pack;
   call.code = errc::data_loss;
+  // The bases a thin pack lacks are appended to it compressed: at level 1,
+  // not zlib's default, as in every pack sync makes.
+  call.config = {"core.compression=1"};
   auto indexed = run_git(paths->top,
                          {"index-pack", "--stdin", "--fix-thin",
                           "--max-input-size=" + std::to_string(lim.max_download_bytes)},
@@ -1418,19 +1481,16 @@ caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack
   if (!indexed)
     return annotate(indexed.error(), "the VM's pack");
   call.input = {};
+  call.config.clear();
   auto body = git_text(paths->top, {"cat-file", "commit", commit}, call);
   if (!body)
     return annotate(body.error(), "the VM's pack lacks its snapshot " + commit);
-  std::vector<std::string> parents;
-  std::istringstream lines{*body};
-  for (std::string line; std::getline(lines, line) && !line.empty();)
-    if (line.compare(0, 7, "parent ") == 0)
-      parents.push_back(line.substr(7));
+  auto parents = parents_of(*body);
   if (!base.empty() && (parents.size() != 1 || parents[0] != base))
     return make_error(errc::data_loss, "the VM's snapshot " + commit
                                            + " is not a child of the synced-up snapshot "
                                            + base);
-  if (auto err = validate_untrusted_tree(paths->top, commit, q, lim))
+  if (auto err = validate_tree(*paths, commit, q, lim, &parents))
     return err;
   // Packs first, each index last: git finds a pack through its index, so a
   // pack is never visible half-moved.
@@ -1457,36 +1517,99 @@ caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack
   return {};
 }
 
+class local_state {
+public:
+  snapshot_work work;
+  std::string saved_ref;   // where the apply saves it: local-<n>
+  std::string merge_input; // its tree with `base` as the parent
+};
+
+caf::expected<std::shared_ptr<const local_state>>
+capture_local_state(const std::string& worktree, const std::string& session,
+                    const std::string& base) {
+  if (auto err = check_session(session))
+    return err;
+  if (auto err = check_oid(base, "apply: base"))
+    return err;
+  auto out = std::make_shared<local_state>();
+  auto work = take_snapshot(worktree, "",
+                            "aloft: local state before applying session " + session);
+  if (!work)
+    return annotate(work.error(), "save the local state");
+  out->work = std::move(*work);
+  const auto& top = out->work.paths.top;
+  auto saved = next_local_ref(top, session);
+  if (!saved)
+    return saved.error();
+  out->saved_ref = std::move(*saved);
+  // Ours with `base` as its parent, so that merge-tree (git 2.39 has no
+  // --merge-base) takes `base` as the merge base even when HEAD moved or the
+  // local state is older or newer than the synced-up one.
+  auto input = git_text(top, {"commit-tree", out->work.snap.tree, "-p", base, "-m",
+                              "aloft: local state for merging session " + session});
+  if (!input)
+    return input.error();
+  out->merge_input = std::move(*input);
+  return std::shared_ptr<const local_state>{std::move(out)};
+}
+
+const snapshot& snapshot_of(const local_state& state) {
+  return state.work.snap;
+}
+
 caf::expected<apply_result> apply_down(const std::string& worktree,
                                        const std::string& session,
                                        const std::string& base, const std::string& theirs,
-                                       apply_mode mode, const std::string& branch_name) {
+                                       apply_mode mode, const std::string& branch_name,
+                                       std::shared_ptr<const local_state> ours) {
   if (auto err = check_session(session))
     return err;
   if (auto err = check_oid(base, "apply: base"))
     return err;
   if (auto err = check_oid(theirs, "apply: theirs"))
     return err;
-  auto paths = locate_repo(worktree);
-  if (!paths)
-    return paths.error();
-  const auto& top = paths->top;
-  git_call is_ancestor;
-  is_ancestor.ok_codes = {0, 1};
-  auto anc = run_git(top, {"merge-base", "--is-ancestor", base, theirs}, is_ancestor);
-  if (!anc)
-    return anc.error();
-  if (anc->exit_code != 0)
-    return make_error(errc::failed_precondition,
-                      "the VM's snapshot " + theirs
-                          + " does not descend from the synced-up snapshot " + base);
+  repo_paths paths;
+  if (ours) {
+    paths = ours->work.paths;
+  } else {
+    auto located = locate_repo(worktree);
+    if (!located)
+      return located.error();
+    paths = std::move(*located);
+  }
+  const auto& top = paths.top;
+  // The ancestry check and the diffstat only read: they run while the merge
+  // is worked out, and are waited for before anything is written.
+  auto checked = std::async(std::launch::async, [&]() -> caf::expected<std::string> {
+    git_call is_ancestor;
+    is_ancestor.ok_codes = {0, 1};
+    auto anc = run_git(top, {"merge-base", "--is-ancestor", base, theirs}, is_ancestor);
+    if (!anc)
+      return anc.error();
+    if (anc->exit_code != 0)
+      return make_error(errc::failed_precondition,
+                        "the VM's snapshot " + theirs
+                            + " does not descend from the synced-up snapshot " + base);
+    return git_text(top, {"diff", "--stat", "--no-color", "--no-ext-diff",
+                          "--no-textconv", base, theirs});
+  });
+  std::optional<caf::expected<std::string>> checked_result;
+  auto wait_checked = [&]() -> caf::expected<std::string>& {
+    if (!checked_result)
+      checked_result = checked.get();
+    return *checked_result;
+  };
+  // A failure of the checks explains any other.
+  auto failed = [&](caf::error err) -> caf::error {
+    auto& c = wait_checked();
+    return c ? std::move(err) : c.error();
+  };
   apply_result result;
-  auto stat = git_text(top, {"diff", "--stat", "--no-color", "--no-ext-diff",
-                             "--no-textconv", base, theirs});
-  if (!stat)
-    return stat.error();
-  result.diffstat = *stat;
   if (mode == apply_mode::dry_run || mode == apply_mode::branch) {
+    auto& stat = wait_checked();
+    if (!stat)
+      return stat.error();
+    result.diffstat = *stat;
     auto names = run_git(
         top, {"diff-tree", "-r", "-z", "--name-only", "--no-renames", base, theirs});
     if (!names)
@@ -1497,13 +1620,6 @@ caf::expected<apply_result> apply_down(const std::string& worktree,
   }
   if (mode == apply_mode::dry_run)
     return result;
-  auto keep_theirs = [&]() -> caf::error {
-    if (auto r = run_git(
-            top, {"update-ref", "-m", "aloft: sync down", down_ref(session), theirs});
-        !r)
-      return r.error();
-    return {};
-  };
 
   if (mode == apply_mode::branch) {
     if (branch_name.empty() || branch_name[0] == '-')
@@ -1524,8 +1640,10 @@ caf::expected<apply_result> apply_down(const std::string& worktree,
     if (exists->exit_code == 0)
       return make_error(errc::already_exists,
                         "branch " + branch_name + " already exists; choose another name");
-    if (auto err = keep_theirs())
-      return err;
+    if (auto r = run_git(
+            top, {"update-ref", "-m", "aloft: sync down", down_ref(session), theirs});
+        !r)
+      return r.error();
     auto commit = git_text(top, {"commit-tree", theirs + "^{tree}", "-p", base, "-m",
                                  "aloft: changes of session " + session});
     if (!commit)
@@ -1543,35 +1661,25 @@ caf::expected<apply_result> apply_down(const std::string& worktree,
     return result;
   }
 
-  // apply: save the local state before anything is written.
-  auto saved = next_local_ref(top, session);
-  if (!saved)
-    return saved.error();
-  auto work =
-      take_snapshot(top, *saved, "aloft: local state before applying session " + session);
-  if (!work)
-    return annotate(work.error(), "save the local state");
-  result.saved_ref = *saved;
-  if (auto err = keep_theirs())
-    return err;
-  const auto& ours_tree = work->snap.tree;
-  // Ours with `base` as its parent, so that merge-tree (git 2.39 has no
-  // --merge-base) takes `base` as the merge base even when HEAD moved or the
-  // local state is older or newer than the synced-up one.
-  auto ours = git_text(top, {"commit-tree", ours_tree, "-p", base, "-m",
-                             "aloft: local state for merging session " + session});
-  if (!ours)
-    return ours.error();
-  auto merged = merge_trees(top, *ours, theirs);
+  // apply: the local state, taken now unless the caller took it already.
+  if (!ours) {
+    auto taken = capture_local_state(top, session, base);
+    if (!taken)
+      return failed(taken.error());
+    ours = std::move(*taken);
+  }
+  const auto& work = ours->work;
+  const auto& ours_tree = work.snap.tree;
+  auto merged = merge_trees(top, ours->merge_input, theirs);
   if (!merged)
-    return merged.error();
+    return failed(merged.error());
   auto changes = diff_trees(top, ours_tree, merged->tree);
   if (!changes)
-    return changes.error();
+    return failed(changes.error());
 
   // Sort the changes into those written and those left as they are locally.
   std::set<std::string> ours_paths;
-  for (auto& e : work->entries)
+  for (auto& e : work.entries)
     ours_paths.insert(e.path);
   std::set<std::string> skipped = merged->conflicts;
   std::set<std::string> replaced;
@@ -1603,58 +1711,95 @@ caf::expected<apply_result> apply_down(const std::string& worktree,
   for (auto& p : skipped)
     result.conflicts.push_back(p);
 
-  // Build the result: ours plus the accepted changes, in a temporary index.
-  auto scratch = scratch_dir::make(paths->git_dir, "aloft-apply-");
-  if (!scratch)
-    return scratch.error();
-  git_call in_result;
-  in_result.env.index_file = (*scratch)->path() + "/index";
-  if (auto r = run_git(top, {"read-tree", ours_tree}, in_result); !r)
-    return r.error();
-  std::string info;
-  for (auto* c : accepted)
-    if (c->new_mode == 0)
-      info += "0 " + zero_oid + "\t" + c->path + '\0';
-  for (auto* c : accepted)
-    if (c->new_mode != 0) {
-      char mode[16];
-      std::snprintf(mode, sizeof(mode), "%o", c->new_mode);
-      info += std::string{mode} + " " + c->new_oid + "\t" + c->path + '\0';
+  // The result, ours plus the accepted changes, entry by entry.
+  std::map<std::string, std::pair<uint32_t, std::string>> result_map;
+  for (auto& e : work.entries)
+    result_map.emplace(e.path, std::make_pair(e.mode, e.object));
+  std::set<std::string> written;
+  for (auto* c : accepted) {
+    if (c->new_mode == 0) {
+      result_map.erase(c->path);
+    } else {
+      result_map[c->path] = std::make_pair(c->new_mode, c->new_oid);
+      written.insert(c->path);
     }
-  if (!info.empty()) {
-    git_call update = in_result;
-    update.input = info;
-    if (auto r = run_git(top, {"update-index", "-z", "--index-info"}, update); !r)
-      return r.error();
   }
-  auto result_tree = git_text(top, {"write-tree"}, in_result);
-  if (!result_tree)
-    return result_tree.error();
 
   // Everything written comes from the VM: check it again as untrusted, in
   // the context of the tree it lands in.
-  if (!accepted.empty()) {
-    // Without sizes: the limits were applied when the objects came in.
-    auto entries = list_tree(top, *result_tree, {}, UINT64_MAX, false);
-    if (!entries)
-      return entries.error();
-    std::set<std::string> written;
-    for (auto* c : accepted)
-      if (c->new_mode != 0)
-        written.insert(c->path);
-    std::vector<bool> selected(entries->size());
-    for (size_t i = 0; i < entries->size(); ++i)
-      selected[i] = written.count((*entries)[i].path) > 0;
-    auto targets = symlink_targets_of(top, {}, *entries);
+  if (!written.empty()) {
+    std::vector<tree_entry> entries;
+    std::vector<bool> selected;
+    entries.reserve(result_map.size());
+    for (auto& [path, what] : result_map) {
+      tree_entry e;
+      e.mode = what.first;
+      e.type = e.mode == mode_gitlink ? "commit" : "blob";
+      e.object = what.second;
+      e.path = path;
+      selected.push_back(written.count(path) > 0);
+      entries.push_back(std::move(e));
+    }
+    auto targets = symlink_targets_of(top, {}, entries);
     if (!targets)
-      return targets.error();
+      return failed(targets.error());
+    // Without sizes: the limits were applied when the objects came in.
     limits unbounded;
     unbounded.max_files = UINT64_MAX;
     unbounded.max_file_bytes = UINT64_MAX;
     unbounded.max_tree_bytes = UINT64_MAX;
-    if (auto err = check_entries(*entries, *targets, unbounded, &selected))
-      return err;
+    if (auto err = check_entries(entries, *targets, unbounded, &selected))
+      return failed(std::move(err));
   }
+
+  // The result's tree: the merge's own when every change is taken, else
+  // built in a temporary index.
+  std::string result_tree = merged->tree;
+  if (!skipped.empty()) {
+    auto scratch = scratch_dir::make(paths.git_dir, "aloft-apply-");
+    if (!scratch)
+      return failed(scratch.error());
+    git_call in_result;
+    in_result.env.index_file = (*scratch)->path() + "/index";
+    if (auto r = run_git(top, {"read-tree", ours_tree}, in_result); !r)
+      return failed(r.error());
+    std::string info;
+    for (auto* c : accepted)
+      if (c->new_mode == 0)
+        info += "0 " + zero_oid + "\t" + c->path + '\0';
+    for (auto* c : accepted)
+      if (c->new_mode != 0) {
+        char mode[16];
+        std::snprintf(mode, sizeof(mode), "%o", c->new_mode);
+        info += std::string{mode} + " " + c->new_oid + "\t" + c->path + '\0';
+      }
+    if (!info.empty()) {
+      git_call update = in_result;
+      update.input = info;
+      if (auto r = run_git(top, {"update-index", "-z", "--index-info"}, update); !r)
+        return failed(r.error());
+    }
+    auto tree = git_text(top, {"write-tree"}, in_result);
+    if (!tree)
+      return failed(tree.error());
+    result_tree = *tree;
+  }
+
+  auto& stat = wait_checked();
+  if (!stat)
+    return stat.error();
+  result.diffstat = *stat;
+  // Save the local state before anything is written (a new ref: git refuses
+  // if it appeared meanwhile) and keep the VM's snapshot, in one transaction.
+  git_call refs;
+  refs.code = errc::aborted;
+  std::string updates = "create " + ours->saved_ref + " " + work.snap.commit + "\n"
+                        + "update " + down_ref(session) + " " + theirs + "\n";
+  refs.input = updates;
+  if (auto r = run_git(top, {"update-ref", "-m", "aloft: sync down", "--stdin"}, refs);
+      !r)
+    return annotate(r.error(), "save the local state");
+  result.saved_ref = ours->saved_ref;
 
   // Write: a two-tree read-tree from the snapshot's own index (which matches
   // the worktree) to the result. Git updates only the paths that differ,
@@ -1662,16 +1807,16 @@ caf::expected<apply_result> apply_down(const std::string& worktree,
   // track, and removes a symlink or file standing in a new directory's way
   // rather than writing through it. The user's index is never read or
   // written.
-  if (*result_tree != ours_tree) {
+  if (result_tree != ours_tree) {
     git_call checkout;
-    checkout.env.index_file = work->index;
+    checkout.env.index_file = work.index;
     checkout.code = errc::aborted;
     if (auto r =
-            run_git(top, {"read-tree", "-m", "-u", ours_tree, *result_tree}, checkout);
+            run_git(top, {"read-tree", "-m", "-u", ours_tree, result_tree}, checkout);
         !r)
       return annotate(r.error(), "the worktree changed during the apply; nothing was "
                                  "written and the local state is saved under "
-                                     + *saved + "; sync down again");
+                                     + ours->saved_ref + "; sync down again");
   }
   for (auto* c : accepted)
     result.changed.push_back(c->path);
@@ -1801,18 +1946,26 @@ namespace {
 
 // The shared start of the VM snapshot and the VM status: checks the VM's
 // worktree and writes its tree into `$t` with a temporary index (the
-// agent's own index untouched).
-std::string vm_tree_script(const std::string& workdir, const std::string& base) {
+// agent's own index untouched). New objects go to a temporary object
+// directory $O in `scratch` when one can be made there and takes them (each
+// loose object is a file, and in memory files cost next to nothing), else
+// into the repository; $O is empty then.
+std::string vm_tree_script(const std::string& workdir, const std::string& base,
+                           const std::string& scratch) {
   std::ostringstream cmd;
-  cmd << "W=" << shell_quote(workdir) << "; B=" << shell_quote(base) << "\n"
+  cmd << "W=" << shell_quote(workdir) << "; B=" << shell_quote(base)
+      << "; S=" << shell_quote(scratch) << "\n"
       << vm_preamble()
       << "[ -d \"$W\" ] || fail \"the VM worktree $W is missing\"\n"
          "cd \"$W\" || fail \"cannot enter the VM worktree $W\"\n"
-         "{ [ -d .git ] && g rev-parse --git-dir > /dev/null 2>&1; } || fail \"the VM "
-         "worktree $W is not a git repository any more\"\n"
-         "g cat-file -e \"$B^{commit}\" 2> /dev/null || fail \"the VM repository lacks "
-         "the "
-         "synced-up snapshot $B\"\n"
+         "[ -d .git ] || fail \"the VM worktree $W is not a git repository any more\"\n"
+         // Looked at when git fails, not before every snapshot.
+         "why() {\n"
+         "  g rev-parse --git-dir > /dev/null 2>&1 || fail \"the VM worktree $W is not a "
+         "git repository any more\"\n"
+         "  g cat-file -e \"$B^{commit}\" 2> /dev/null || fail \"the VM repository lacks "
+         "the synced-up snapshot $B\"\n"
+         "}\n"
          "for s in rebase-merge rebase-apply MERGE_HEAD CHERRY_PICK_HEAD REVERT_HEAD; "
          "do\n"
          "  [ -e \".git/$s\" ] && fail \"the VM repository is in the middle of a merge, "
@@ -1824,56 +1977,107 @@ std::string vm_tree_script(const std::string& workdir, const std::string& base) 
          "  if [ -e \"$f\" ] || [ -h \"$f\" ]; then e=; break; fi\n"
          "done\n"
          "[ -z \"$e\" ] || fail \"the VM worktree $W is empty (nothing but .git); "
-         "nothing "
-         "to bring back\"\n"
-         "mkdir -p .git/aloft || fail \"cannot write to $W/.git\"\n"
+         "nothing to bring back\"\n"
+         "mkdir -p .git/aloft || { why; fail \"cannot write to $W/.git\"; }\n"
          "T=$(mktemp -d \"$PWD/.git/aloft/snapshot.XXXXXX\") || fail \"cannot create a "
          "temporary directory in $W/.git/aloft\"\n"
-         "trap 'rm -rf \"$T\"' EXIT\n"
+         "O=\n"
+         "[ -z \"$S\" ] || O=$(mktemp -d \"$S/aloft-objects.XXXXXX\" 2> /dev/null) "
+         "|| O=\n"
+         "trap 'rm -rf \"$T\"; [ -z \"$O\" ] || rm -rf \"$O\"' EXIT\n"
+         "export GIT_INDEX_FILE=\"$T/index\"\n"
+         "start() {\n"
          // The index of the previous snapshot (or the agent's own) keeps stat
          // data, so git hashes only the files that changed since.
-         "if [ -f .git/aloft/index ]; then cp -p .git/aloft/index \"$T/index\" || fail "
+         "  rm -f \"$T/index\"\n"
+         "  if [ -f .git/aloft/index ]; then cp -p .git/aloft/index \"$T/index\" || fail "
          "\"cannot copy an index\"\n"
-         "elif [ -f .git/index ] && ! g ls-files -v | grep -q '^[a-z]'; then cp -p "
-         ".git/index \"$T/index\" || fail \"cannot copy an index\"; fi\n"
-         "export GIT_INDEX_FILE=\"$T/index\"\n"
-         "g read-tree -i -m \"$B\" || fail \"git read-tree failed\"\n"
-         "g add -A || fail \"git add failed\"\n"
-         "g ls-files -s | sed -n 's/^160000 [0-9a-f]* [0-3]\t//p' > \"$T/links\" || fail "
-         "\"git ls-files failed\"\n"
-         "if [ -s \"$T/links\" ]; then\n"
-         "  g update-index --force-remove --stdin < \"$T/links\" || fail \"git "
-         "update-index "
-         "failed\"\n"
-         "  echo \"aloft: not synced (nested repositories): $(tr '\\n' ' ' < "
-         "\"$T/links\")\" "
-         ">&2\n"
+         "  elif [ -f .git/index ] && ! GIT_INDEX_FILE=.git/index g ls-files -v "
+         "| grep -q '^[a-z]'; then\n"
+         "    cp -p .git/index \"$T/index\" || fail \"cannot copy an index\"\n"
+         "  fi\n"
+         "  g read-tree -i -m \"$B\" || { why; fail \"git read-tree failed\"; }\n"
+         "}\n"
+         "objects() {\n"
+         "  if [ -n \"$O\" ]; then\n"
+         "    export GIT_OBJECT_DIRECTORY=\"$O\" GIT_ALTERNATE_OBJECT_DIRECTORIES=\"$PWD/"
+         ".git/objects\"\n"
+         "  else\n"
+         "    unset GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES\n"
+         "  fi\n"
+         "}\n"
+         "snap() {\n"
+         "  g add -A || { echo \"aloft: git add failed\" >&2; return 1; }\n"
+         // Submodules and nested repositories (gitlinks) are not synced; the
+         // base never has any.
+         "  g diff-index --cached \"$B\" | sed -n 's/^:[0-7]* 160000 [0-9a-f]* [0-9a-f]* "
+         "[A-Z]\t//p' > \"$T/links\" || { echo \"aloft: git diff-index failed\" >&2; "
+         "return 1; }\n"
+         "  if [ -s \"$T/links\" ]; then\n"
+         "    g update-index --force-remove --stdin < \"$T/links\" "
+         "|| { echo \"aloft: git update-index failed\" >&2; return 1; }\n"
+         "  fi\n"
+         "  t=$(g write-tree) || { echo \"aloft: git write-tree failed\" >&2; "
+         "return 1; }\n"
+         "}\n"
+         "start\n"
+         "objects\n"
+         "if ! snap; then\n"
+         // The scratch place is full, most likely: again, into the repository.
+         "  [ -n \"$O\" ] || fail \"the snapshot failed\"\n"
+         "  rm -rf \"$O\"\n"
+         "  O=\n"
+         "  objects\n"
+         "  start\n"
+         "  snap || fail \"the snapshot failed\"\n"
          "fi\n"
-         "t=$(g write-tree) || fail \"git write-tree failed\"\n";
+         "if [ -s \"$T/links\" ]; then\n"
+         "  echo \"aloft: not synced (nested repositories): $(tr '\\n' ' ' < "
+         "\"$T/links\")\" >&2\n"
+         "fi\n";
   return cmd.str();
 }
 
 } // namespace
 
-std::string vm_tree_command(const std::string& workdir, const std::string& base) {
-  // The snapshot's index is not kept: a status look must not change what
-  // the next snapshot starts from.
-  return vm_tree_script(workdir, base) + "echo \"$t\"\n";
+std::string vm_tree_command(const std::string& workdir, const std::string& base,
+                            const std::string& scratch) {
+  // The snapshot's index and objects are not kept: a status look must not
+  // change what the next snapshot starts from.
+  return vm_tree_script(workdir, base, scratch) + "echo \"$t\"\n";
 }
 
-std::string vm_snapshot_command(const std::string& workdir, const std::string& base) {
+std::string vm_snapshot_command(const std::string& workdir, const std::string& base,
+                                const std::string& scratch) {
   std::ostringstream cmd;
-  cmd << vm_tree_script(workdir, base)
+  cmd << vm_tree_script(workdir, base, scratch)
       << "c=$(g commit-tree -p \"$B\" -m 'aloft: snapshot of the VM worktree' \"$t\") || "
          "fail \"git commit-tree failed\"\n"
+         "if [ -n \"$O\" ]; then\n"
+         // Kept in the repository as one pack (the next sync up may start
+         // from this snapshot), which is also what is sent while it is
+         // small: deltas against the base need a search that costs more
+         // than the bytes they save then.
+         "  unset GIT_OBJECT_DIRECTORY\n"
+         "  export GIT_ALTERNATE_OBJECT_DIRECTORIES=\"$O\"\n"
+         "  h=$(printf '%s\\n^%s\\n' \"$c\" \"$B\" | g pack-objects --revs -q --window=0 "
+         "--compression=1 .git/objects/pack/pack) || fail \"git pack-objects failed\"\n"
+         "  P=.git/objects/pack/pack-$h.pack\n"
+         "  n=$(wc -c < \"$P\") || fail \"cannot size the pack\"\n"
+         "fi\n"
+         "if [ -z \"$O\" ] || [ \"$n\" -gt 1048576 ]; then\n"
+         // A thin pack: deltas against what the engine has. A small window
+         // finds the base's version of a changed file at a fraction of the
+         // default's cost.
+         "  P=\"$T/pack\"\n"
+         "  printf '%s\\n^%s\\n' \"$c\" \"$B\" | g pack-objects --stdout --revs --thin "
+         "--window=2 -q --compression=1 > \"$P\" || fail \"git pack-objects failed\"\n"
+         "  n=$(wc -c < \"$P\") || fail \"cannot size the pack\"\n"
+         "fi\n"
          "g update-ref refs/aloft/snapshot \"$c\" || fail \"git update-ref failed\"\n"
-         "printf '%s\\n^%s\\n' \"$c\" \"$B\" | g pack-objects --stdout --revs --thin -q "
-         "--compression=1 > "
-         "\"$T/pack\" || fail \"git pack-objects failed\"\n"
          "mv -f \"$T/index\" .git/aloft/index || fail \"cannot keep the index\"\n"
-         "n=$(wc -c < \"$T/pack\") || fail \"cannot size the pack\"\n"
          "printf '%s %s\\n' \"$c\" $n\n"
-         "cat \"$T/pack\"\n";
+         "cat \"$P\"\n";
   return cmd.str();
 }
 

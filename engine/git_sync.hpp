@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -177,6 +178,24 @@ struct apply_result {
   std::string diffstat;               // `git diff --stat` of base..theirs
 };
 
+/// The local worktree as an apply merges it and saves it: a snapshot, the
+/// temporary index it was made with, and the ref it will be saved under.
+/// Holds the temporary index until destroyed.
+class local_state;
+
+/// Takes the local state an apply of `session`'s snapshot (on top of `base`)
+/// will merge into and save, before that snapshot is there: taken while the
+/// VM snapshots its side, it costs the sync nothing. Nothing is stored under
+/// a ref until the apply; the apply still refuses (aborted) to write over a
+/// file changed since. Errors as apply_down's.
+caf::expected<std::shared_ptr<const local_state>>
+capture_local_state(const std::string& worktree, const std::string& session,
+                    const std::string& base);
+
+/// The snapshot `state` holds (the repository's top-level directory and the
+/// notes included).
+const snapshot& snapshot_of(const local_state& state);
+
 /// Brings the VM's snapshot `theirs` (whose parent is `base`, the last
 /// synced-up snapshot) into the local repository:
 /// - dry_run: fills `diffstat` and `changed`, writes nothing;
@@ -194,9 +213,14 @@ struct apply_result {
 /// branch and apply set the session's down ref to `theirs`. `theirs` must
 /// descend from `base` (failed_precondition otherwise); the merge uses `base`
 /// as its merge base whatever the local HEAD is now.
-caf::expected<apply_result> apply_down(const std::string& worktree, const std::string& session,
+/// `ours`, when set, is the local state to merge into and save, taken
+/// beforehand by capture_local_state (for `session` and `base`); else the
+/// apply takes it.
+caf::expected<apply_result> apply_down(const std::string& worktree,
+                                       const std::string& session,
                                        const std::string& base, const std::string& theirs,
-                                       apply_mode mode, const std::string& branch_name);
+                                       apply_mode mode, const std::string& branch_name,
+                                       std::shared_ptr<const local_state> ours = nullptr);
 
 // -- commands run on the VM through the transport ------------------------------
 
@@ -219,17 +243,26 @@ std::string vm_receive_command(const std::string& workdir, const std::string& co
 std::string vm_install_command(const std::string& workdir, const std::string& commit,
                                const indexed_pack& pack);
 
+/// Where the VM's snapshot writes its new objects (a file each) until they
+/// are packed: in memory where the VM has /dev/shm. When it cannot (no such
+/// directory, or full) they go into the repository.
+inline const char* const vm_object_scratch = "/dev/shm";
+
 /// Snapshots the agent's worktree (temporary index; the agent's index and
 /// branches untouched) as a commit whose parent is `base` and writes to
 /// stdout one line "<commit> <pack bytes>\n" followed by a pack of the
-/// objects not reachable from `base`. Exits non-zero with a message on
-/// stderr when the worktree is missing, empty or not a repository.
-std::string vm_snapshot_command(const std::string& workdir, const std::string& base);
+/// objects not reachable from `base` (which stay in the VM's repository).
+/// Exits non-zero with a message on stderr when the worktree is missing,
+/// empty or not a repository. `scratch`: see vm_object_scratch; empty
+/// writes the objects into the repository.
+std::string vm_snapshot_command(const std::string& workdir, const std::string& base,
+                                const std::string& scratch = vm_object_scratch);
 
 /// Prints the tree id of the agent's worktree as a snapshot would take it
 /// (same checks and errors), without keeping anything: for telling whether
 /// the VM has changes not yet brought down.
-std::string vm_tree_command(const std::string& workdir, const std::string& base);
+std::string vm_tree_command(const std::string& workdir, const std::string& base,
+                            const std::string& scratch = vm_object_scratch);
 
 /// Parses the header line of `vm_snapshot_command`'s output. Untrusted.
 caf::error parse_snapshot_header(const std::string& line, std::string& commit,

@@ -107,6 +107,107 @@ TEST_F(git_sync_down, apply_brings_every_kind_of_change) {
   EXPECT_EQ(read_worktree(local), without_ignored(read_worktree(vm)));
 }
 
+TEST_F(git_sync_down, the_local_state_can_be_taken_before_the_vms_snapshot_arrives) {
+  // As the sync actor does: the local side is captured while the VM
+  // snapshots (here, before the agent even edits).
+  write_file(local + "/keep.txt", "keep, edited by the user\n");
+  auto before = read_worktree(local);
+  auto state = user_state_now();
+  auto ours = sync::capture_local_state(local, session, base);
+  ASSERT_TRUE(ours) << describe(ours.error());
+  EXPECT_EQ(git(local, {"for-each-ref", "refs/aloft/sessions/" + session + "/local-1"}),
+            "")
+      << "nothing is stored before the apply";
+  agent_edits();
+  auto theirs = sync_down_objects(base);
+  ASSERT_TRUE(theirs) << describe(theirs.error());
+
+  auto r =
+      sync::apply_down(local, session, base, *theirs, sync::apply_mode::apply, "", *ours);
+  ASSERT_TRUE(r) << describe(r.error());
+  EXPECT_TRUE(r->conflicts.empty());
+  EXPECT_EQ(r->saved_ref, "refs/aloft/sessions/" + session + "/local-1");
+  EXPECT_EQ(tree_of(r->saved_ref), before);
+  EXPECT_EQ(git(local, {"rev-parse", sync::down_ref(session)}), *theirs);
+  EXPECT_EQ(read_file(local + "/keep.txt"), "keep, edited by the user\n");
+  EXPECT_EQ(read_file(local + "/added/new.txt"), "added by the agent\n");
+  EXPECT_EQ(r->changed.size(), 7u);
+  expect_user_state(state);
+}
+
+TEST_F(git_sync_down, a_file_changed_after_the_local_state_was_taken_aborts_the_apply) {
+  write_file(vm + "/edit.txt", "the agent's edit\n");
+  write_file(vm + "/added.txt", "added by the agent\n");
+  auto theirs = sync_down_objects(base);
+  ASSERT_TRUE(theirs) << describe(theirs.error());
+  auto ours = sync::capture_local_state(local, session, base);
+  ASSERT_TRUE(ours) << describe(ours.error());
+  // The user saves the file the agent changed, after the capture.
+  write_file(local + "/edit.txt", "the user's edit, a moment later\n");
+  auto before = read_worktree(local);
+
+  auto r =
+      sync::apply_down(local, session, base, *theirs, sync::apply_mode::apply, "", *ours);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(code_of(r.error()), errc::aborted) << describe(r.error());
+  EXPECT_NE(message_of(r.error()).find("local-1"), std::string::npos)
+      << describe(r.error());
+  EXPECT_EQ(read_worktree(local), before) << "nothing written";
+  // Applying again takes the worktree as it is now.
+  auto again =
+      sync::apply_down(local, session, base, *theirs, sync::apply_mode::apply, "");
+  ASSERT_TRUE(again) << describe(again.error());
+  EXPECT_EQ(again->conflicts, std::vector<std::string>{"edit.txt"});
+  EXPECT_EQ(read_file(local + "/edit.txt"), "the user's edit, a moment later\n");
+  EXPECT_EQ(read_file(local + "/added.txt"), "added by the agent\n");
+}
+
+TEST_F(git_sync_down, the_vm_keeps_its_snapshots_objects_wherever_they_waited) {
+  auto loose = [&] {
+    auto out = git(vm, {"count-objects"}); // "<n> objects, <k> kilobytes"
+    return std::stoul(out);
+  };
+  auto loose_before = loose();
+  agent_edits();
+  // In memory (/dev/shm here): the objects reach the VM's repository as one
+  // pack, never as loose files.
+  auto in_memory = sync_down_objects(base);
+  ASSERT_TRUE(in_memory) << describe(in_memory.error());
+  EXPECT_EQ(loose(), loose_before);
+  EXPECT_EQ(git(vm, {"rev-parse", "refs/aloft/snapshot"}), *in_memory);
+  EXPECT_EQ(git_raw(vm, {"fsck", "--no-dangling"}).exit_code, 0);
+
+  // Nowhere to put them but the repository.
+  write_file(vm + "/edit.txt", "edited again\n");
+  auto in_repo = sync_down_objects(base, {}, "");
+  ASSERT_TRUE(in_repo) << describe(in_repo.error());
+  EXPECT_GT(loose(), loose_before);
+  EXPECT_EQ(git(local, {"show", *in_repo + ":edit.txt"}), "edited again");
+
+  // A scratch place that takes no objects (here: paths too long for them):
+  // the snapshot starts again into the repository, and leaves nothing there.
+  auto scratch = tmp.path() + "/scratch";
+  while (scratch.size() < 4035)
+    scratch += "/" + std::string(std::min<size_t>(200, 4035 - scratch.size() - 1), 's');
+  fs::create_directories(scratch);
+  write_file(vm + "/edit.txt", "edited a third time\n");
+  auto retried = sync_down_objects(base, {}, scratch);
+  ASSERT_TRUE(retried) << describe(retried.error());
+  EXPECT_EQ(git(local, {"show", *retried + ":edit.txt"}), "edited a third time");
+  EXPECT_TRUE(fs::is_empty(scratch));
+
+  // A big change goes as deltas against the base.
+  write_file(local + "/big.bin", random_bytes(3 << 20, 11));
+  auto up = sync_up(base).commit;
+  auto content = read_file(vm + "/big.bin");
+  content[1000] ^= 1;
+  write_file(vm + "/big.bin", content);
+  auto changed = sync_down_objects(up);
+  ASSERT_TRUE(changed) << describe(changed.error());
+  EXPECT_LT(last_pack_bytes, 64u * 1024) << "a thin pack";
+  EXPECT_EQ(git_raw(vm, {"fsck", "--no-dangling"}).exit_code, 0);
+}
+
 TEST_F(git_sync_down, apply_merges_with_concurrent_local_edits) {
   agent_edits();
   auto theirs = sync_down_objects(base);

@@ -166,9 +166,10 @@ sync::snapshot git_sync_fixture::sync_up(const std::string& base) {
   return *snap;
 }
 
-caf::expected<std::string> git_sync_fixture::sync_down_objects(const std::string& base,
-                                                               const sync::limits& lim) {
-  auto r = sh(sync::vm_snapshot_command(vm, base));
+caf::expected<std::string>
+git_sync_fixture::sync_down_objects(const std::string& base, const sync::limits& lim,
+                                    const std::string& scratch) {
+  auto r = sh(sync::vm_snapshot_command(vm, base, scratch));
   if (r.exit_code != 0)
     return make_error(errc::failed_precondition, r.error);
   auto nl = r.output.find('\n');

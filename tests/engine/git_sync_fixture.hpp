@@ -66,8 +66,9 @@ protected:
 
   /// Runs vm_snapshot_command against `base` and receives the result into
   /// the local repository; returns the VM's commit, or the error.
-  caf::expected<std::string> sync_down_objects(const std::string& base,
-                                               const sync::limits& lim = {});
+  caf::expected<std::string>
+  sync_down_objects(const std::string& base, const sync::limits& lim = {},
+                    const std::string& scratch = sync::vm_object_scratch);
 
   /// Objects in the local repository (loose and packed).
   uint64_t object_count(const std::string& repo);
