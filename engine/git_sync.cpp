@@ -2007,7 +2007,15 @@ std::string vm_tree_script(const std::string& workdir, const std::string& base,
          "  fi\n"
          "}\n"
          "snap() {\n"
-         "  g add -A || { echo \"aloft: git add failed\" >&2; return 1; }\n"
+         // In memory, no one file may take more than 64 MiB (or 128, where
+         // the shell counts in KiB): past that, writes fail (rather than
+         // the signal killing git) and the snapshot starts again into the
+         // repository.
+         "  if [ -n \"$O\" ]; then\n"
+         "    (trap '' XFSZ; ulimit -f 131072 2> /dev/null; g add -A)\n"
+         "  else\n"
+         "    g add -A\n"
+         "  fi || { echo \"aloft: git add failed\" >&2; return 1; }\n"
          // Submodules and nested repositories (gitlinks) are not synced; the
          // base never has any.
          "  g diff-index --cached \"$B\" | sed -n 's/^:[0-7]* 160000 [0-9a-f]* [0-9a-f]* "
@@ -2017,8 +2025,10 @@ std::string vm_tree_script(const std::string& workdir, const std::string& base,
          "    g update-index --force-remove --stdin < \"$T/links\" "
          "|| { echo \"aloft: git update-index failed\" >&2; return 1; }\n"
          "  fi\n"
-         "  t=$(g write-tree) || { echo \"aloft: git write-tree failed\" >&2; "
-         "return 1; }\n"
+         // Every object the index names is there (git add made the new
+         // ones): not looking each one up again saves a lookup per file.
+         "  t=$(g write-tree --missing-ok) || { echo \"aloft: git write-tree failed\" "
+         ">&2; return 1; }\n"
          "}\n"
          "start\n"
          "objects\n"

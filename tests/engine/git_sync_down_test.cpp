@@ -196,6 +196,20 @@ TEST_F(git_sync_down, the_vm_keeps_its_snapshots_objects_wherever_they_waited) {
   EXPECT_EQ(git(local, {"show", *retried + ":edit.txt"}), "edited a third time");
   EXPECT_TRUE(fs::is_empty(scratch));
 
+  // A file too big to wait in memory (over 64 MiB as an object): the
+  // snapshot starts again into the repository.
+  auto memory = tmp.path() + "/memory";
+  fs::create_directories(memory);
+  write_file(vm + "/huge.bin", random_bytes(65 << 20, 12));
+  auto loose_now = loose();
+  auto huge = sync_down_objects(base, {}, memory);
+  ASSERT_TRUE(huge) << describe(huge.error());
+  EXPECT_GT(loose(), loose_now) << "written into the repository";
+  EXPECT_TRUE(fs::is_empty(memory));
+  EXPECT_EQ(git(local, {"cat-file", "-s", *huge + ":huge.bin"}),
+            std::to_string(65 << 20));
+  ::unlink((vm + "/huge.bin").c_str());
+
   // A big change goes as deltas against the base.
   write_file(local + "/big.bin", random_bytes(3 << 20, 11));
   auto up = sync_up(base).commit;
