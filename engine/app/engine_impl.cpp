@@ -169,6 +169,8 @@ public:
 
   std::string installation_id() const override { return installation_id_; }
 
+  store_stats db_stats() const { return db_ ? db_->stats() : store_stats{}; }
+
   caf::expected<session_record> launch(const launch_request& req) override {
     session_record rec;
     rec.agent_cmd = req.agent_cmd;
@@ -971,6 +973,11 @@ caf::expected<std::unique_ptr<engine>> open_engine_with(const engine_options& op
   if (auto err = e->open(opts, std::move(overrides)))
     return err;
   return std::unique_ptr<engine>{std::move(e)};
+}
+
+store_stats store_stats_of(engine& e) {
+  auto impl = dynamic_cast<engine_impl*>(&e);
+  return impl ? impl->db_stats() : store_stats{};
 }
 
 caf::expected<std::unique_ptr<engine>> open_engine(const engine_options& opts) {

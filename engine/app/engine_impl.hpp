@@ -12,6 +12,7 @@
 
 #include "config/account.hpp"
 #include "engine/app/api.hpp"
+#include "persistence/store.hpp"
 #include "providers/provider.hpp"
 
 namespace aloft {
@@ -28,5 +29,10 @@ struct engine_overrides {
 
 caf::expected<std::unique_ptr<engine>> open_engine_with(const engine_options& opts,
                                                         engine_overrides overrides);
+
+/// The commit counters (batches, fsyncs) of the store of an engine made by
+/// `open_engine_with` or `open_engine`, for the bench harness; zeros for
+/// any other engine.
+store_stats store_stats_of(engine& e);
 
 } // namespace aloft

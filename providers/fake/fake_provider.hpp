@@ -6,11 +6,19 @@
 // (so retries are exercised), and can simulate a crash window: with
 // `swallow_create` the VM is created but the reply never arrives; with
 // `swallow_destroy` the VM is destroyed but the reply never arrives.
+//
+// With a `latency`, a call still takes effect at once but its answer comes
+// that much later from the provider's own timer thread, as a cloud API's
+// would: no thread waits for it. Answers still pending when the provider is
+// destroyed are dropped.
 // Thread-safe.
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <string>
@@ -20,9 +28,18 @@
 
 namespace aloft {
 
+struct fake_provider_options {
+  /// Share of creates that fail as `unavailable`.
+  double failure_rate = 0.0;
+  /// How long each call takes to answer; zero: inline on the caller's thread.
+  std::chrono::microseconds latency{0};
+};
+
 class fake_provider final : public provider {
 public:
-  explicit fake_provider(double failure_rate = 0.0) : failure_rate_(failure_rate) {}
+  explicit fake_provider(double failure_rate = 0.0);
+  explicit fake_provider(fake_provider_options opts);
+  ~fake_provider() override;
 
   std::string kind() const override { return "fake"; }
   void create(const vm_request& req, callback<vm_info> done) override;
@@ -41,6 +58,9 @@ public:
   size_t creates() const;
   /// Every call made, for rate figures.
   uint64_t calls() const { return calls_; }
+  /// Calls of `get` (not counting `wait_ready`): how many sessions asked
+  /// about their VM.
+  uint64_t gets() const { return gets_; }
 
   bool swallow_create = false;
   /// While frozen every call is dropped unanswered (the engine "crashed").
@@ -49,11 +69,19 @@ public:
   caf::error fail_create;
 
 private:
+  class timer_thread;
+
   bool should_fail(); // REQUIRES: mtx_ held
+  vm_info lookup(const std::string& vm_id) const;
+  /// Runs `answer` now, or after the latency on the timer thread.
+  void reply(std::function<void()> answer);
 
   double failure_rate_;
+  std::chrono::microseconds latency_;
+  std::unique_ptr<timer_thread> timer_; // only with a latency
   std::mt19937 rng_{42};
   std::atomic<uint64_t> calls_{0};
+  std::atomic<uint64_t> gets_{0};
   mutable std::mutex mtx_;
   std::map<std::string, vm_info> vms_;
   size_t creates_ = 0;
