@@ -1130,9 +1130,17 @@ std::string vm_preamble() {
          "unset GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE GIT_OBJECT_DIRECTORY "
          "GIT_ALTERNATE_OBJECT_DIRECTORIES GIT_COMMON_DIR GIT_NAMESPACE\n"
          "fail() { echo \"aloft: $*\" >&2; exit 3; }\n"
-         "g() { git -c core.hooksPath=/dev/null -c core.fsmonitor=false "
+         "g0() { git -c core.hooksPath=/dev/null -c core.fsmonitor=false "
          "-c core.splitIndex=false -c advice.addEmbeddedRepo=false -c gc.auto=0 "
-         "-c checkout.workers=0 \"$@\"; }\n";
+         "-c checkout.workers=0 \"$@\"; }\n"
+         // A refresh of the index left running in the background by a
+         // fresh checkout holds index.lock: git run meanwhile would fail.
+         // Wait for it (at most 3 s; a marker left by a killed refresh is
+         // then removed).
+         "settle() { f=\"${W:-.}/.git/aloft-refresh\"; [ -f \"$f\" ] || return 0; i=0; "
+         "while [ -f \"$f\" ] && [ $i -lt 300 ]; do sleep 0.01; i=$((i + 1)); done; "
+         "rm -f \"$f\"; }\n"
+         "g() { settle; g0 \"$@\"; }\n";
 }
 
 } // namespace
@@ -1295,7 +1303,10 @@ caf::expected<indexed_pack> make_indexed_pack(const std::string& repo,
     return scratch.error();
   // As make_pack for a first sync (level 1, no delta search), but into
   // files: git writes the index from what it packed, hashing nothing again.
+  // The files are read once and removed: flushing them to disk first would
+  // only wait for the disk.
   git_call call;
+  call.config = {"core.fsync=none"};
   std::string revs = want + "\n";
   call.input = revs;
   auto sum = git_text(paths->top,
@@ -1870,10 +1881,12 @@ std::string vm_fresh_checkout() {
          // after, for file systems whose clocks lag), in the background, so
          // that the next sync is unlikely to pay for the whole tree. (Where
          // `date` has no nanoseconds, a second later.)
+         "  : > \"$W/.git/aloft-refresh\"\n"
          "  ( n=$(date +%N 2> /dev/null); case $n in ''|*[!0-9]*) w=1 ;; *) "
          "n=${n#\"${n%%[!0]*}\"}; r=$((1050000000 - ${n:-0})); "
          "w=$((r / 1000000000)).$(printf %09d $((r % 1000000000))) ;; esac; "
-         "sleep \"$w\"; g update-index -q --refresh ) > /dev/null 2>&1 < /dev/null &\n";
+         "sleep \"$w\"; g0 update-index -q --refresh; rm -f \"$W/.git/aloft-refresh\" ) "
+         "> /dev/null 2>&1 < /dev/null &\n";
 }
 
 } // namespace
