@@ -901,22 +901,14 @@ caf::expected<snapshot_work> take_snapshot(const std::string& worktree,
     w.snap.notes.push_back("submodule or nested repository " + printable(p)
                            + ": not synced (its files stay local)");
   // The sizes come from the files themselves: asking git (ls-tree -l) would
-  // read the header of every object, a cost that grows with the tree.
-  std::vector<size_t> unsized;
-  size_from_disk(top, w.entries, unsized);
-  if (!unsized.empty()) {
-    std::string oids;
-    for (auto i : unsized)
-      oids += w.entries[i].object + "\n";
-    git_call check;
-    check.input = oids;
-    auto sizes = run_git(top, {"cat-file", "--batch-check=%(objectsize)"}, check);
-    if (!sizes)
-      return sizes.error();
-    std::istringstream in{sizes->output};
-    for (auto i : unsized)
-      in >> w.entries[i].size;
-  }
+  // read the header of every object, a cost that grows with the tree. They
+  // are read while git writes the tree and the commit (which do not need
+  // them; the entries are not touched meanwhile).
+  auto sizing = std::async(std::launch::async, [&top, &entries = w.entries] {
+    std::vector<size_t> unsized;
+    size_from_disk(top, entries, unsized);
+    return unsized;
+  });
   if (!gitlinks.empty()) {
     git_call remove = in_temp;
     remove.input = gitlinks;
@@ -940,6 +932,20 @@ caf::expected<snapshot_work> take_snapshot(const std::string& worktree,
   if (!ref.empty())
     if (auto r = run_git(top, {"update-ref", "-m", "aloft: snapshot", ref, *commit}); !r)
       return r.error();
+  auto unsized = sizing.get();
+  if (!unsized.empty()) {
+    std::string oids;
+    for (auto i : unsized)
+      oids += w.entries[i].object + "\n";
+    git_call check;
+    check.input = oids;
+    auto sizes = run_git(top, {"cat-file", "--batch-check=%(objectsize)"}, check);
+    if (!sizes)
+      return sizes.error();
+    std::istringstream in{sizes->output};
+    for (auto i : unsized)
+      in >> w.entries[i].size;
+  }
   w.snap.commit = *commit;
   w.snap.tree = *tree;
   w.snap.top = top;
