@@ -31,6 +31,14 @@ public:
     // nop
   }
 
+  void on_exit() override {
+    // Calls still queued are answered by their promises' destruction; the
+    // client (and what it holds: pools, HTTP loops) goes now.
+    queue_.clear();
+    client_.reset();
+    env_.registry = nullptr;
+  }
+
   caf::behavior make_behavior() override {
     return {
       [=](actor_task& t) { t.fn(); },

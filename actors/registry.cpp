@@ -243,6 +243,19 @@ public:
     for (auto& [id, s] : live_)
       caf::anon_send_exit(s, caf::exit_reason::user_shutdown);
     live_.clear();
+    // The session template holds a handle to this actor, and the account
+    // actors hold the provider clients (and through them worker pools):
+    // let go of all of it, or the cycle keeps it alive after the engine.
+    for (auto& [name, a] : accounts_)
+      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    for (auto& a : retired_)
+      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    accounts_.clear();
+    retired_.clear();
+    session_env_.reset();
+    env_.sessions.reset();
+    env_.providers.clear();
+    subscribers_.clear();
   }
 
 private:

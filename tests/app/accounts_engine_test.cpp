@@ -213,5 +213,21 @@ TEST_F(accounts_engine_test, removing_an_account_with_live_sessions_needs_force_
   EXPECT_TRUE(test::processes_matching(home_.path() + "/sandboxes-dev").empty());
 }
 
+TEST(engine_lifetime, closing_an_engine_leaves_no_thread_behind) {
+  test::temp_dir home;
+  engine_options opts;
+  opts.home = home.path();
+  opts.worker_threads = 4;
+  // The first open starts what lives for the process (libcurl, CAF's
+  // globals); every later open and close must leave the count where it was.
+  { auto e = open_engine(opts); ASSERT_TRUE(e) << describe(e.error()); }
+  auto before = test::thread_count();
+  for (int i = 0; i < 5; ++i) {
+    auto e = open_engine(opts);
+    ASSERT_TRUE(e) << describe(e.error());
+  }
+  EXPECT_EQ(test::thread_count(), before);
+}
+
 } // namespace
 } // namespace aloft
