@@ -1890,12 +1890,17 @@ std::string vm_fresh_checkout() {
          // again later: rewrite it as soon as that second has passed (50 ms
          // after, for file systems whose clocks lag), in the background, so
          // that the next sync is unlikely to pay for the whole tree. (Where
-         // `date` has no nanoseconds, a second later.)
-         "  : > \"$W/.git/aloft-refresh\"\n"
+         // `date` has no nanoseconds, a second later.) The marker that
+         // makes later scripts wait for it (settle) is set when it starts,
+         // not before its sleep: the rest of this script and a sync that
+         // comes sooner do not wait for nothing. A git that started just
+         // before the marker appeared has 20 ms to take the index's lock;
+         // the refresh then fails, which costs nothing.
          "  ( n=$(date +%N 2> /dev/null); case $n in ''|*[!0-9]*) w=1 ;; *) "
          "n=${n#\"${n%%[!0]*}\"}; r=$((1050000000 - ${n:-0})); "
          "w=$((r / 1000000000)).$(printf %09d $((r % 1000000000))) ;; esac; "
-         "sleep \"$w\"; g0 update-index -q --refresh; rm -f \"$W/.git/aloft-refresh\" ) "
+         "sleep \"$w\"; : > \"$W/.git/aloft-refresh\"; sleep 0.02; "
+         "g0 update-index -q --refresh; rm -f \"$W/.git/aloft-refresh\" ) "
          "> /dev/null 2>&1 < /dev/null &\n";
 }
 
