@@ -1146,7 +1146,9 @@ std::string vm_preamble() {
          "settle() { f=\"${W:-.}/.git/aloft-refresh\"; [ -f \"$f\" ] || return 0; i=0; "
          "while [ -f \"$f\" ] && [ $i -lt 300 ]; do sleep 0.01; i=$((i + 1)); done; "
          "rm -f \"$f\"; }\n"
-         "g() { settle; g0 \"$@\"; }\n";
+         "g() { case $1 in update-ref|rev-parse|cat-file|show-ref|for-each-ref|config|"
+         "hash-object|rev-list|pack-objects|index-pack|unpack-objects|commit-tree|mktree) ;; "
+         "*) settle ;; esac; g0 \"$@\"; }\n";
 }
 
 } // namespace
@@ -1891,16 +1893,14 @@ std::string vm_fresh_checkout() {
          // after, for file systems whose clocks lag), in the background, so
          // that the next sync is unlikely to pay for the whole tree. (Where
          // `date` has no nanoseconds, a second later.) The marker that
-         // makes later scripts wait for it (settle) is set when it starts,
-         // not before its sleep: the rest of this script and a sync that
-         // comes sooner do not wait for nothing. A git that started just
-         // before the marker appeared has 20 ms to take the index's lock;
-         // the refresh then fails, which costs nothing.
+         // makes later scripts wait for it (settle) is set before it is
+         // started, so no git that takes the index's lock can start while
+         // it may run; commands that do not touch the index never wait.
+         "  : > \"$W/.git/aloft-refresh\"\n"
          "  ( n=$(date +%N 2> /dev/null); case $n in ''|*[!0-9]*) w=1 ;; *) "
          "n=${n#\"${n%%[!0]*}\"}; r=$((1050000000 - ${n:-0})); "
          "w=$((r / 1000000000)).$(printf %09d $((r % 1000000000))) ;; esac; "
-         "sleep \"$w\"; : > \"$W/.git/aloft-refresh\"; sleep 0.02; "
-         "g0 update-index -q --refresh; rm -f \"$W/.git/aloft-refresh\" ) "
+         "sleep \"$w\"; g0 update-index -q --refresh; rm -f \"$W/.git/aloft-refresh\" ) "
          "> /dev/null 2>&1 < /dev/null &\n";
 }
 
@@ -2098,8 +2098,11 @@ std::string vm_snapshot_command(const std::string& workdir, const std::string& b
          // than the bytes they save then.
          "  unset GIT_OBJECT_DIRECTORY\n"
          "  export GIT_ALTERNATE_OBJECT_DIRECTORIES=\"$O\"\n"
-         "  h=$(printf '%s\\n^%s\\n' \"$c\" \"$B\" | g pack-objects --revs -q --window=0 "
-         "--compression=1 .git/objects/pack/pack) || fail \"git pack-objects failed\"\n"
+         // Not flushed to disk: a VM that crashes takes its session with it,
+         // and the engine keeps what it was sent.
+         "  h=$(printf '%s\\n^%s\\n' \"$c\" \"$B\" | g -c core.fsync=none pack-objects "
+         "--revs -q --window=0 --compression=1 .git/objects/pack/pack) || fail \"git "
+         "pack-objects failed\"\n"
          "  P=.git/objects/pack/pack-$h.pack\n"
          "  n=$(wc -c < \"$P\") || fail \"cannot size the pack\"\n"
          "fi\n"
