@@ -416,6 +416,8 @@ TEST_F(git_sync_down, the_users_own_symlinks_out_of_the_tree_do_not_block_a_sync
 TEST_F(git_sync_down, a_broken_vm_worktree_changes_nothing_locally) {
   auto before = read_worktree(local);
   auto refs = git(local, {"for-each-ref"});
+  // A fresh checkout's background index refresh may still be writing.
+  ASSERT_TRUE(test::wait_until([&] { return !fs::exists(vm + "/.git/aloft-refresh"); }, 10s));
   fs::remove_all(vm + "/.git");
   auto r = sync_down_objects(base);
   ASSERT_FALSE(r);

@@ -218,6 +218,8 @@ TEST_F(git_sync_roundtrip, vm_commands_fail_clearly_on_a_missing_or_broken_workt
   EXPECT_TRUE(r.output.empty());
 
   write_file(vm + "/a.txt", "back\n");
+  // A fresh checkout's background index refresh may still be writing.
+  ASSERT_TRUE(test::wait_until([&] { return !fs::exists(vm + "/.git/aloft-refresh"); }, 10s));
   fs::remove_all(vm + "/.git");
   r = sh(sync::vm_snapshot_command(vm, up1.commit));
   EXPECT_NE(r.exit_code, 0);
