@@ -79,15 +79,31 @@ public:
                                },
                                call_kind::destroy, vm_id);
       },
-      [=](reconcile_atom, const session_records& sessions) -> caf::result<done_atom> {
+      // The VMs first, then the sessions: every VM listed was asked for by a
+      // session the registry knew before its create, so sessions read after
+      // the list own every VM in it (read before, a session launched while
+      // a slow list ran would lose its new VM as a stray).
+      [=](reconcile_atom) -> caf::result<done_atom> {
         auto rp = make_response_promise();
+        if (!env_.registry)
+          return make_error(errc::failed_precondition, "reconcile: no registry");
         this->request(caf::actor_cast<caf::actor>(this), caf::infinite, list_atom::value)
           .then(
             [=](const vm_infos& observed) mutable {
-              auto plan = plan_reconcile(env_.installation_id, acct_.name, sessions, observed);
-              count_live(plan, sessions);
-              apply(plan);
-              rp.deliver(done_atom::value);
+              if (!env_.registry) {
+                rp.deliver(make_error(errc::cancelled, "reconcile: account retired"));
+                return;
+              }
+              this->request(env_.registry, caf::infinite, list_atom::value)
+                .then(
+                  [=](const session_records& sessions) mutable {
+                    auto plan =
+                      plan_reconcile(env_.installation_id, acct_.name, sessions, observed);
+                    count_live(plan, sessions);
+                    apply(plan);
+                    rp.deliver(done_atom::value);
+                  },
+                  [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
             },
             [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
         return rp;

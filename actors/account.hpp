@@ -15,8 +15,8 @@
 //   (get_atom, std::string vm_id)      -> vm_info (status gone if absent)
 //   (list_atom)                        -> vm_infos of this installation
 //   (destroy_atom, std::string vm_id)  -> done_atom
-//   (reconcile_atom, session_records)  -> done_atom; records are every
-//                                         session of this account
+//   (reconcile_atom)                   -> done_atom; lists the VMs, then
+//                                         asks the registry for its sessions
 // Provider callbacks come back as `actor_task` messages.
 #pragma once
 
@@ -36,7 +36,7 @@ class wall_clock;
 
 struct account_env {
   std::string installation_id;
-  caf::actor registry; // receives (publish_atom, event) for reconcile actions
+  caf::actor registry; // receives (publish_atom, event) and (list_atom) for reconcile
   retry_policy retry;
   size_t max_in_flight = 64;
   /// Provider calls started per second (a token bucket with `rate_burst`);

@@ -317,14 +317,9 @@ private:
   void reconcile_all() {
     if (accounts_.empty())
       return;
-    // Every account sees every session: a VM of another account's session
-    // (two accounts of one organization) is left to that account.
-    session_records all;
-    all.reserve(snapshots_.size());
-    for (auto& [id, rec] : snapshots_)
-      all.push_back(rec);
+    // Each account reads the sessions itself, after its list of VMs.
     for (auto& [name, actor] : accounts_) {
-      request(actor, caf::infinite, reconcile_atom::value, all)
+      request(actor, caf::infinite, reconcile_atom::value)
         .then([](done_atom) {},
               [=, name = name](caf::error& err) {
                 event e;

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <poll.h>
 #include <signal.h>
@@ -69,6 +70,22 @@ size_t count_state(engine& e, session_state s) {
     if (r.state == s)
       ++n;
   return n;
+}
+
+std::string describe_states(engine& e, session_state expected) {
+  std::map<std::string, size_t> counts;
+  std::string odd;
+  for (auto& r : e.list()) {
+    ++counts[to_string(r.state)];
+    if (r.state != expected && odd.empty())
+      odd = r.id + ": " + r.reason;
+  }
+  std::string out;
+  for (auto& [state, n] : counts)
+    out += (out.empty() ? "" : ", ") + state + " " + std::to_string(n);
+  if (!odd.empty())
+    out += " (" + odd + ")";
+  return out;
 }
 
 caf::expected<std::unique_ptr<engine>> open_fake_engine(const std::string& home,

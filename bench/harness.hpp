@@ -42,6 +42,11 @@ bool wait_for(const std::function<bool()>& pred, double limit_s);
 /// Sessions in state `s` (one `list` call: not for hot loops).
 size_t count_state(engine& e, session_state s);
 
+/// How many sessions are in each state, and the reason of one that is not
+/// in `expected` ("running 198, failed 2 (s-..: VM did not become
+/// reachable)"): what a failed check says.
+std::string describe_states(engine& e, session_state expected);
+
 /// An engine in `home` whose one account ("bench", the default) uses
 /// `client` with no cap in the way, and that runs no agent.
 caf::expected<std::unique_ptr<engine>> open_fake_engine(const std::string& home,

@@ -97,7 +97,8 @@ void launch_storm(report& out, const launch_storm_options& o) {
 
   out.check(failed == 0, "launch storm: launches failed");
   out.check(all && count_state(eng, session_state::running) == n,
-            "launch storm: not every session reached running");
+            "launch storm: not every session reached running: "
+              + describe_states(eng, session_state::running));
   std::vector<double> latency_ms;
   {
     std::lock_guard<std::mutex> guard{obs->mtx};

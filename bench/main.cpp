@@ -122,7 +122,8 @@ void local_sessions(report& out, size_t n) {
       out.check(false, "local: launch failed");
   bool all = wait_for([&] { return count_state(eng, session_state::running) == n; }, 300);
   auto running_s = seconds_since(t0);
-  out.check(all, "local: not every session reached running");
+  out.check(all, "local: not every session reached running: "
+                   + describe_states(eng, session_state::running));
   out.add({"local", "sessions to running per second (real sshd each)",
            static_cast<double>(n) / running_s, "1/s"});
   out.add({"local", "live sessions", static_cast<double>(n), ""});
@@ -135,7 +136,8 @@ void local_sessions(report& out, size_t n) {
   for (auto& r : eng.list())
     ignore_error(eng.destroy(r.id));
   bool gone = wait_for([&] { return count_state(eng, session_state::destroyed) == n; }, 300);
-  out.check(gone, "local: not every session was destroyed");
+  out.check(gone, "local: not every session was destroyed: "
+                    + describe_states(eng, session_state::destroyed));
   e->reset();
   remove_tree(home);
 }

@@ -106,7 +106,8 @@ void restart_fake(report& out, size_t n) {
   auto live_s = seconds_since(t0);
   out.check(asked, "restart: not every session asked its provider for its VM");
   out.check(wait_for([&] { return count_state(**e, session_state::running) == n; }, 60),
-            "restart: not every session is running again");
+            "restart: not every session is running again: "
+              + describe_states(**e, session_state::running));
   auto sessions = std::to_string(n);
   std::vector<target> within_1s;
   if (n >= 10'000)

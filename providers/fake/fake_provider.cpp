@@ -176,6 +176,10 @@ void fake_provider::list(const std::string& installation_id,
   std::vector<vm_info> out;
   {
     std::lock_guard<std::mutex> guard{mtx_};
+    if (hold_lists_) {
+      held_lists_.emplace_back(installation_id, std::move(done));
+      return;
+    }
     for (auto& [id, vm] : vms_)
       if (vm.installation_id == installation_id)
         out.push_back(vm);
@@ -194,6 +198,29 @@ void fake_provider::destroy(const std::string& vm_id, done_callback done) {
       return;
   }
   reply([done] { done(caf::error{}); });
+}
+
+void fake_provider::hold_lists(bool on) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  hold_lists_ = on;
+}
+
+void fake_provider::release_lists() {
+  decltype(held_lists_) held;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    held.swap(held_lists_);
+  }
+  for (auto& [installation_id, done] : held) {
+    std::vector<vm_info> out;
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      for (auto& [id, vm] : vms_)
+        if (vm.installation_id == installation_id)
+          out.push_back(vm);
+    }
+    reply([done = std::move(done), out = std::move(out)] { done(out); });
+  }
 }
 
 void fake_provider::add_vm(vm_info vm) {

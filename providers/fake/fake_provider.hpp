@@ -53,6 +53,11 @@ public:
   /// Removes a VM behind the engine's back (the provider lost it).
   void vanish(const std::string& vm_id);
 
+  /// While holding, `list` answers only at `release_lists`, with the VMs
+  /// there are then (a slow list that sees what was created meanwhile).
+  void hold_lists(bool on);
+  void release_lists();
+
   size_t vm_count() const;
   std::vector<vm_info> vms() const;
   size_t creates() const;
@@ -86,6 +91,8 @@ private:
   std::map<std::string, vm_info> vms_;
   size_t creates_ = 0;
   size_t next_ = 0;
+  bool hold_lists_ = false;
+  std::vector<std::pair<std::string, callback<std::vector<vm_info>>>> held_lists_;
 };
 
 } // namespace aloft

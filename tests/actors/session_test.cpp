@@ -208,6 +208,22 @@ TEST_F(session_test, reconcile_destroys_unowned_vms_and_keeps_owned_ones) {
   EXPECT_TRUE(has_event("reconcile", "destroyed unowned VM stray-1"));
 }
 
+// A reconcile whose list is slow must not take a session launched while it
+// waited for a stray: the sessions it judges by are read after the VMs.
+TEST_F(session_test, reconcile_never_destroys_the_vm_of_a_session_launched_while_it_listed) {
+  provider_->hold_lists(true);
+  caf::anon_send(registry_, reconcile_atom::value);
+  run();
+  auto rec = launch();
+  ASSERT_EQ(stored(rec.id).state, st::running);
+  provider_->hold_lists(false);
+  provider_->release_lists();
+  run();
+  EXPECT_EQ(provider_->vm_count(), 1u);
+  EXPECT_EQ(stored(rec.id).state, st::running);
+  EXPECT_FALSE(has_event("reconcile", "destroying VM"));
+}
+
 TEST_F(session_test, a_failed_create_fails_the_session_with_the_reason) {
   provider_->fail_create = make_error(errc::permission_denied, "quota exceeded");
   auto rec = launch();
