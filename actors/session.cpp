@@ -810,7 +810,12 @@ private:
       job.vm_now = rec_.synced_down;
     job.mode = mode;
     job.branch = branch;
+    job.limits = sync_limits();
     return job;
+  }
+
+  sync::limits sync_limits() const {
+    return env_->sync_limits ? env_->sync_limits() : sync::limits{};
   }
 
   // Runs one sync job and records what it moved. One job at a time.
@@ -883,8 +888,13 @@ private:
   // The session's resident shell on the VM, (re)started on demand: sync
   // scripts run there instead of paying for a channel and a login shell each.
   std::shared_ptr<resident_shell> shell() {
-    if (!shell_ || !shell_->alive())
-      shell_ = resident_shell::start(transport_, sync::limits{}.max_download_bytes + (1u << 20));
+    // Its output is bounded by the download limit as it was at its start; a
+    // raised limit needs a new shell.
+    auto cap = sync_limits().max_download_bytes + (1u << 20);
+    if (!shell_ || !shell_->alive() || shell_cap_ < cap) {
+      shell_ = resident_shell::start(transport_, cap);
+      shell_cap_ = cap;
+    }
     return shell_;
   }
 
@@ -1199,6 +1209,7 @@ private:
   std::shared_ptr<channel> tail_;
   std::shared_ptr<channel> status_;
   std::shared_ptr<resident_shell> shell_;
+  uint64_t shell_cap_ = 0; // the output bound shell_ was started with
   uint64_t transport_gen_ = 0; // callbacks of older connections are ignored
   int log_fd_ = -1;
   int64_t final_log_size_ = -1;

@@ -42,6 +42,7 @@
 #include <caf/expected.hpp>
 #include <caf/fwd.hpp>
 
+#include "engine/git_sync.hpp"
 #include "engine/home.hpp"
 #include "engine/session_record.hpp"
 
@@ -72,6 +73,9 @@ struct session_env {
   uint64_t cpu_activity_ticks = 5;  // CPU ticks per probe that count as busy
   bool ssh_keys = true;             // make per-session SSH keys
   agent_secrets_fn agent_secrets;   // empty: agents get no secrets
+  /// The sync bounds now (settings.json's `sync`, which a reload changes);
+  /// empty: the defaults.
+  std::function<sync::limits()> sync_limits;
 };
 
 caf::actor spawn_session(caf::actor_system& sys, session_record rec, caf::actor account,

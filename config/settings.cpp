@@ -233,6 +233,20 @@ const int_rule hard_timeout_rule{"hard_timeout_s", 1, ten_years_s};
 const int_rule hard_warning_rule{"hard_warning_s", 0, ten_years_s};
 const int_rule max_vms_rule{"max_concurrent_vms", 1, 100000};
 
+// The sync bounds, in bytes or files; a petabyte is past any sane bound.
+constexpr int64_t sync_bound_max = int64_t{1} << 50;
+struct sync_rule {
+  int_rule rule;
+  uint64_t sync_settings::*field;
+};
+const sync_rule sync_rules[] = {
+    {{"max_upload_bytes", 1, sync_bound_max}, &sync_settings::max_upload_bytes},
+    {{"max_download_bytes", 1, sync_bound_max}, &sync_settings::max_download_bytes},
+    {{"max_file_bytes", 1, sync_bound_max}, &sync_settings::max_file_bytes},
+    {{"max_files", 1, sync_bound_max}, &sync_settings::max_files},
+    {{"max_tree_bytes", 1, sync_bound_max}, &sync_settings::max_tree_bytes},
+};
+
 /// "an integer >= 1", or the upper bound when `x` is above it.
 std::string int_expectation(const int_rule& r, std::optional<int64_t> x = std::nullopt) {
   if (x && *x > r.max)
@@ -935,7 +949,10 @@ private:
 // -- the reader -------------------------------------------------------------------
 
 const std::vector<std::string> top_level_keys = {
-    "accounts", "credential_store", "default_account", "profiles", "version"};
+    "accounts", "credential_store", "default_account", "profiles", "sync", "version"};
+const std::vector<std::string> sync_keys = {"max_download_bytes", "max_file_bytes",
+                                            "max_files", "max_tree_bytes",
+                                            "max_upload_bytes"};
 const std::vector<std::string> account_keys = {"enabled", "guards",  "max_concurrent_vms",
                                                "name",    "options", "provider"};
 const std::vector<std::string> guard_keys = {"auto_destroy_on_idle", "hard_timeout_s",
@@ -969,6 +986,7 @@ public:
     check_keys(root, {}, top_level_keys, "key", "");
     read_version(root);
     read_credential_store(root);
+    read_sync(root);
     read_accounts(root);
     read_profiles(root);
     read_default_account(root);
@@ -1112,6 +1130,21 @@ private:
       return;
     }
     out_.value.credential_store = *s;
+  }
+
+  void read_sync(const json& root) {
+    auto v = root.find("sync");
+    if (!v)
+      return;
+    if (!v->is_object()) {
+      report("sync", "expected an object of sync bounds, found " + describe_found(*v));
+      return;
+    }
+    check_keys(*v, "sync", sync_keys, "key", " in sync");
+    for (auto& r : sync_rules)
+      if (auto x = v->find(r.rule.key))
+        if (auto n = read_int(*x, "sync." + std::string{r.rule.key}, r.rule))
+          out_.value.sync.*r.field = static_cast<uint64_t>(*n);
   }
 
   void read_accounts(const json& root) {
@@ -1425,9 +1458,17 @@ bool operator==(const agent_profile& x, const agent_profile& y) {
          && x.image == y.image;
 }
 
+bool operator==(const sync_settings& x, const sync_settings& y) {
+  for (auto& r : sync_rules)
+    if (x.*r.field != y.*r.field)
+      return false;
+  return true;
+}
+
 bool operator==(const settings& x, const settings& y) {
   return x.accounts == y.accounts && x.default_account == y.default_account
-         && x.profiles == y.profiles && x.credential_store == y.credential_store;
+         && x.profiles == y.profiles && x.credential_store == y.credential_store
+         && x.sync == y.sync;
 }
 
 std::string settings_problem::describe() const {
@@ -1604,6 +1645,14 @@ caf::error validate_settings(const settings& s) {
                                              {names.begin(), names.end()}));
   if (auto e = credential_store_problem(s.credential_store))
     return invalid("credential_store: " + *e);
+  for (auto& r : sync_rules) {
+    auto x = s.sync.*r.field;
+    if (x < 1 || x > static_cast<uint64_t>(r.rule.max))
+      return invalid("sync." + std::string{r.rule.key} + ": expected "
+                     + int_expectation(r.rule, static_cast<int64_t>(std::min<uint64_t>(
+                                                   x, INT64_MAX)))
+                     + ", found " + std::to_string(x));
+  }
   return {};
 }
 
@@ -1632,6 +1681,15 @@ json to_json(const settings& s) {
     profiles.push_back(std::move(pj));
   }
   j.set("profiles", std::move(profiles));
+  // Only the bounds someone changed: the file stays short, and a default
+  // raised in a later Aloft reaches those who never set it.
+  sync_settings defaults;
+  auto bounds = json::object();
+  for (auto& r : sync_rules)
+    if (s.sync.*r.field != defaults.*r.field)
+      bounds.set(std::string{r.rule.key}, static_cast<int64_t>(s.sync.*r.field));
+  if (!bounds.keys().empty())
+    j.set("sync", std::move(bounds));
   return j;
 }
 

@@ -12,6 +12,7 @@
 // of the directory, so a crash mid-write leaves the old file whole.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -41,6 +42,22 @@ inline bool operator!=(const agent_profile& x, const agent_profile& y) {
   return !(x == y);
 }
 
+/// Bounds on what a sync moves: `sync` in settings.json. An error at a
+/// bound names its key (`sync.max_upload_bytes`), so a person knows what to
+/// raise.
+struct sync_settings {
+  uint64_t max_upload_bytes = 2ull << 30;   // a sync up's snapshot
+  uint64_t max_download_bytes = 2ull << 30; // a pack from a VM
+  uint64_t max_file_bytes = 1ull << 30;     // any one file from a VM
+  uint64_t max_files = 1'000'000;           // files in a VM's tree
+  uint64_t max_tree_bytes = 8ull << 30;     // all files of a VM's tree
+};
+
+bool operator==(const sync_settings& x, const sync_settings& y);
+inline bool operator!=(const sync_settings& x, const sync_settings& y) {
+  return !(x == y);
+}
+
 struct settings {
   /// Accounts in file order. The built-in `local` account is not listed
   /// unless the file overrides it (for example its guards).
@@ -52,6 +69,7 @@ struct settings {
   /// Which credential store holds the secrets: "file", "env",
   /// "secret-service", "keychain"; empty: the platform's default.
   std::string credential_store;
+  sync_settings sync;
 };
 
 bool operator==(const settings& x, const settings& y);
@@ -126,7 +144,7 @@ bool looks_like_secret(std::string_view value);
 caf::error validate_settings(const settings& s);
 
 /// The file's JSON: version, default_account and credential_store when set,
-/// accounts and profiles. `parse_settings` of its text gives `s` back (with
+/// accounts, profiles, and the sync bounds that are not at their defaults. `parse_settings` of its text gives `s` back (with
 /// option defaults applied).
 json to_json(const settings& s);
 

@@ -117,6 +117,7 @@ public:
     senv->status_interval_s = ov.status_interval_s;
     senv->retry_delay_ms = ov.retry_delay_ms;
     senv->agent_secrets = [this](const session_record& rec) { return agent_secrets_of(rec); };
+    senv->sync_limits = [this] { return sync_limits(); };
     if (!ov.no_agent) {
       transports_ = make_ssh_transport_factory();
       senv->transports = transports_.get();
@@ -639,6 +640,7 @@ public:
     }
     default_account_ = pick_default(load.value);
     profiles_ = load.value.profiles;
+    set_sync_settings(load.value.sync);
     if (!load.value.default_account.empty() && accounts_.count(load.value.default_account) == 0)
       report.problems.push_back("default_account '" + load.value.default_account
                                 + "' is not an account; using '" + default_account_ + "'");
@@ -707,7 +709,26 @@ private:
     }
     default_account_ = pick_default(load.value);
     profiles_ = load.value.profiles;
+    set_sync_settings(load.value.sync);
     return problems;
+  }
+
+  void set_sync_settings(const sync_settings& s) {
+    std::lock_guard<std::mutex> guard{sync_mtx_};
+    sync_ = s;
+  }
+
+  // Read by sessions (on actor threads) at each sync's start: its own
+  // mutex, never held across I/O.
+  sync::limits sync_limits() const {
+    std::lock_guard<std::mutex> guard{sync_mtx_};
+    sync::limits lim;
+    lim.max_upload_bytes = sync_.max_upload_bytes;
+    lim.max_download_bytes = sync_.max_download_bytes;
+    lim.max_file_bytes = sync_.max_file_bytes;
+    lim.max_files = sync_.max_files;
+    lim.max_tree_bytes = sync_.max_tree_bytes;
+    return lim;
   }
 
   void reopen_credentials(const std::string& kind, std::vector<std::string>& problems) {
@@ -963,6 +984,8 @@ private:
   std::string default_account_;
   std::vector<agent_profile> profiles_;
   std::atomic<uint64_t> next_subscriber_{0};
+  mutable std::mutex sync_mtx_;
+  sync_settings sync_; // guarded by sync_mtx_
 };
 
 } // namespace

@@ -150,6 +150,8 @@ settings sample_settings() {
                         {"ANTHROPIC_API_KEY", "GITHUB_TOKEN"},
                         ""});
   s.profiles.push_back({"codex", "codex exec", {}, "ghcr.io/acme/codex:1"});
+  s.sync.max_upload_bytes = 50'000'000;
+  s.sync.max_files = 20'000;
   return s;
 }
 
@@ -371,7 +373,7 @@ TEST(settings_parse, unknown_top_level_key_lists_the_known_ones) {
   auto p = only_problem(l);
   EXPECT_EQ(p.describe(),
             "s.json:3: acounts: unknown key \"acounts\"; known keys: "
-            "accounts, credential_store, default_account, profiles, version");
+            "accounts, credential_store, default_account, profiles, sync, version");
 }
 
 TEST(settings_parse, unknown_account_key_lists_the_known_ones_and_drops_the_account) {
@@ -982,6 +984,64 @@ TEST(settings_account, secret_named_keys_are_recognised_case_insensitively) {
   EXPECT_FALSE(named_like_secret("org"));
 }
 
+// -- sync bounds -------------------------------------------------------------------
+
+TEST(settings_parse, sync_bounds_are_read_and_the_rest_keep_their_defaults) {
+  auto l = parse_settings(lines({
+                            "{",
+                            "  \"sync\": {",
+                            "    \"max_upload_bytes\": 1000000,",
+                            "    \"max_tree_bytes\": 5000000000",
+                            "  }",
+                            "}",
+                          }),
+                          "s.json");
+  ASSERT_TRUE(l.problems.empty()) << all_problems(l);
+  EXPECT_EQ(l.value.sync.max_upload_bytes, 1'000'000u);
+  EXPECT_EQ(l.value.sync.max_tree_bytes, 5'000'000'000u);
+  sync_settings defaults;
+  EXPECT_EQ(l.value.sync.max_download_bytes, defaults.max_download_bytes);
+  EXPECT_EQ(l.value.sync.max_file_bytes, defaults.max_file_bytes);
+  EXPECT_EQ(l.value.sync.max_files, defaults.max_files);
+}
+
+TEST(settings_parse, bad_sync_bounds_name_the_key_and_keep_the_default) {
+  auto l = parse_settings(lines({
+                            "{",
+                            "  \"sync\": {",
+                            "    \"max_upload_bytes\": 0,",
+                            "    \"max_files\": \"many\",",
+                            "    \"max_upload_mb\": 5",
+                            "  }",
+                            "}",
+                          }),
+                          "s.json");
+  ASSERT_EQ(l.problems.size(), 3u) << all_problems(l);
+  EXPECT_EQ(l.problems[0].describe(),
+            "s.json:3: sync.max_upload_bytes: expected an integer >= 1, found the integer 0");
+  EXPECT_EQ(l.problems[1].describe(),
+            "s.json:4: sync.max_files: expected an integer >= 1, found the string \"many\"");
+  EXPECT_EQ(l.problems[2].describe(),
+            "s.json:5: sync.max_upload_mb: unknown key \"max_upload_mb\" in sync; known keys: "
+            "max_download_bytes, max_file_bytes, max_files, max_tree_bytes, max_upload_bytes");
+  EXPECT_EQ(l.value.sync, sync_settings{});
+}
+
+TEST(settings_parse, sync_must_be_an_object) {
+  auto p = only_problem(parse_settings(lines({"{", "  \"sync\": 5", "}"}), "s.json"));
+  EXPECT_EQ(p.describe(), "s.json:2: sync: expected an object of sync bounds, found the integer 5");
+}
+
+TEST(settings_json, validate_settings_refuses_a_zero_sync_bound) {
+  auto s = sample_settings();
+  s.sync.max_download_bytes = 0;
+  auto err = validate_settings(s);
+  ASSERT_TRUE(err);
+  EXPECT_NE(describe(err).find("sync.max_download_bytes: expected an integer >= 1"),
+            std::string::npos)
+    << describe(err);
+}
+
 // -- to_json, round trip ----------------------------------------------------------
 
 TEST(settings_json, round_trips_through_the_text) {
@@ -1002,6 +1062,9 @@ TEST(settings_json, writes_only_what_is_set) {
   EXPECT_EQ(j.find("accounts")->at(0).find("guards")->get_int("idle_timeout_s"), 900);
   EXPECT_EQ(j.find("profiles")->at(0).find("image"), nullptr);
   EXPECT_EQ(j.find("profiles")->at(1).get_string("image"), "ghcr.io/acme/codex:1");
+  // Only the sync bounds that differ from their defaults.
+  ASSERT_NE(j.find("sync"), nullptr);
+  EXPECT_EQ(j.find("sync")->dump(), R"({"max_upload_bytes":50000000,"max_files":20000})");
 }
 
 TEST(settings_json, validate_settings_names_the_path) {
