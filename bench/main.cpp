@@ -18,8 +18,8 @@
 // ALOFT_BENCH_SYNC_RUNS=N runs the sync scenario N times instead of 5.
 //
 // Scenarios: launch_storm, steady_state, restart, durability, local,
-// provider_client, sync. The newer ones live in files of their own
-// (scenarios.hpp); figures and their printing in report.hpp.
+// provider_client, sync. Most live in files of their own (scenarios.hpp);
+// figures and their printing in report.hpp.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -142,177 +142,6 @@ void local_sessions(report& out, size_t n) {
   remove_tree(home);
 }
 
-// -- sync --------------------------------------------------------------------------
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-
-int run_shell(const std::string& cmd) {
-  return std::system(("sh -c '" + cmd + "' > /dev/null 2>&1").c_str());
-}
-
-// A tree of `files` files and about `bytes` bytes of text, committed and
-// packed, as a clone leaves a repository. The commit is made with
-// fast-import, straight into a pack: `git add` would leave loose objects for
-// a gc to delete, and deleting many files here slows every file written for
-// seconds afterwards (the first initial sync, never the baseline).
-void generate_tree(const std::string& dir, size_t files, size_t bytes) {
-  std::mt19937 rng{7};
-  const char* words[] = {"int", "return", "value", "struct", "for", "while", "session",
-                         "actor", "engine", "sync", "const", "auto", "std::string", "{", "}"};
-  auto per_file = bytes / files;
-  std::string stream, tree;
-  for (size_t i = 0; i < files; ++i) {
-    auto rel = "d" + std::to_string(i % 100) + "/f" + std::to_string(i) + ".txt";
-    ::mkdir((dir + "/d" + std::to_string(i % 100)).c_str(), 0755);
-    std::string text;
-    text.reserve(per_file + 64);
-    while (text.size() < per_file) {
-      text += words[rng() % 15];
-      text += (rng() % 8 == 0) ? '\n' : ' ';
-      if (rng() % 64 == 0)
-        text += std::to_string(rng());
-    }
-    std::ofstream{dir + "/" + rel} << text;
-    stream += "blob\nmark :" + std::to_string(i + 1) + "\ndata " + std::to_string(text.size())
-              + "\n" + text + "\n";
-    tree += "M 100644 :" + std::to_string(i + 1) + " " + rel + "\n";
-  }
-  stream += "commit refs/heads/main\ncommitter b <b@b> 1700000000 +0000\ndata 4\ntree\n" + tree;
-  run_shell("cd " + dir + " && git init -q -b main");
-  auto import = ::popen(("cd " + dir + " && git fast-import --quiet").c_str(), "w");
-  if (import) {
-    std::fwrite(stream.data(), 1, stream.size(), import);
-    ::pclose(import);
-  }
-  // The index from HEAD, with the files' stat data (hashing each once).
-  run_shell("cd " + dir + " && git reset -q");
-}
-
-void sync_scenario(report& out, size_t files, size_t bytes, int runs) {
-  auto home = temp_home();
-  auto wt = home + "/worktree";
-  ::mkdir(wt.c_str(), 0755);
-  generate_tree(wt, files, bytes);
-  engine_options opts;
-  opts.home = home + "/aloft";
-  auto e = open_engine(opts);
-  if (!e) {
-    out.check(false, "open engine: " + describe(e.error()));
-    return;
-  }
-  auto& eng = **e;
-  if (auto cap = eng.set_account("local", "max_concurrent_vms", std::to_string(runs + 1), false);
-      !cap) {
-    out.check(false, "raise the local account's cap: " + describe(cap.error()));
-    return;
-  }
-  // ALOFT_BENCH_TRACE=1 prints every sync event with its time, to see
-  // where a sync spends it.
-  bool trace = std::getenv("ALOFT_BENCH_TRACE") != nullptr;
-  // The initial sync alone, from its first event to its last, per session.
-  std::mutex sync_mtx;
-  std::map<std::string, std::pair<int64_t, int64_t>> first_sync;
-  auto sub = eng.subscribe([&, trace](const event& ev) {
-    if (ev.kind != "sync")
-      return;
-    if (trace)
-      std::fprintf(stderr, "%lld %s\n", static_cast<long long>(ev.at_ms), ev.message.c_str());
-    std::lock_guard<std::mutex> guard{sync_mtx};
-    auto& span = first_sync[ev.session];
-    if (span.second != 0)
-      return; // only the first sync of a session
-    if (span.first == 0)
-      span.first = ev.at_ms;
-    if (ev.message.rfind("up: synced up", 0) == 0)
-      span.second = ev.at_ms;
-  });
-  std::vector<double> initial, tar_base, incremental, down;
-  for (int run = 0; run < runs; ++run) {
-    launch_request req;
-    req.agent_cmd = "sleep 3600";
-    req.worktree = wt;
-    auto t0 = clock_type::now();
-    auto rec = eng.launch(req);
-    if (!rec) {
-      out.check(false, "sync: launch failed");
-      break;
-    }
-    session_record live;
-    bool up = wait_for([&] {
-      auto v = eng.show(rec->id);
-      if (v && v->record.state == session_state::running) {
-        live = v->record;
-        return true;
-      }
-      return v && is_terminal(v->record.state);
-    }, 300);
-    initial.push_back(seconds_since(t0));
-    out.check(up && !live.synced_up.empty(), "sync: the initial sync did not happen");
-    if (!up || live.synced_up.empty())
-      break;
-    // Baseline: the same files through `tar c | ssh tar x` over the same sshd.
-    auto key = opts.home + "/keys/" + live.id + "/client";
-    auto target = live.workdir + "-tar";
-    auto ssh = "ssh -i " + key + " -p " + std::to_string(live.port)
-               + " -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
-                 " -o LogLevel=ERROR " + live.user + "@127.0.0.1";
-    t0 = clock_type::now();
-    run_shell("tar c -C " + wt + " --exclude=.git . | " + ssh + " \"mkdir -p " + target
-              + " && tar x -C " + target + "\"");
-    tar_base.push_back(seconds_since(t0));
-    // One changed file, on the open session.
-    std::ofstream{wt + "/d0/f0.txt", std::ios::app} << "one more line " << run << "\n";
-    t0 = clock_type::now();
-    auto inc = eng.sync_up(live.id);
-    incremental.push_back(seconds_since(t0));
-    out.check(bool(inc), "sync: incremental sync up failed");
-    // 100 files changed by the agent, brought down.
-    for (int i = 0; i < 100; ++i)
-      std::ofstream{live.workdir + "/d" + std::to_string(i % 100) + "/f" + std::to_string(i + 100)
-                      + ".txt",
-                    std::ios::app}
-        << "agent edit " << run << "\n";
-    t0 = clock_type::now();
-    auto dn = eng.sync_down({live.id, sync_down_mode::apply, {}});
-    down.push_back(seconds_since(t0));
-    out.check(dn && dn->changed.size() >= 100, "sync: sync down of 100 files failed");
-    run_shell("cd " + wt + " && git -c user.name=b -c user.email=b@b commit -qam next");
-  }
-  // Every VM lives until the end: removing a 200 MB sandbox between runs
-  // would slow whatever writes files next (here, deleting many files makes
-  // creating files slower for seconds afterwards), and that would be the
-  // next initial sync, never the baseline.
-  for (auto& r : eng.list())
-    ignore_error(eng.destroy(r.id));
-  // Every VM gone before the engine closes, or the bench would leave them.
-  wait_for([&] {
-    for (auto& r : eng.list())
-      if (!is_terminal(r.state))
-        return false;
-    return true;
-  }, 60);
-  eng.unsubscribe(sub);
-  std::vector<double> sync_only;
-  {
-    std::lock_guard<std::mutex> guard{sync_mtx};
-    for (auto& [id, span] : first_sync)
-      if (span.second > span.first)
-        sync_only.push_back(static_cast<double>(span.second - span.first) / 1000.0);
-  }
-  out.add({"sync", "initial sync up (snapshot to checkout), median s", median(sync_only), "s",
-           median(tar_base)});
-  out.add({"sync", "launch to running with the initial sync, median s", median(initial), "s",
-           median(tar_base)});
-  out.add({"sync", "one-file incremental sync up, median ms", median(incremental) * 1000,
-           "ms"});
-  out.add({"sync", "sync down of 100 changed files, median ms", median(down) * 1000, "ms"});
-  e->reset();
-  remove_tree(home);
-}
-
 // Runs of the sync scenario: 5, or ALOFT_BENCH_SYNC_RUNS (for quicker looks).
 int sync_runs() {
   auto v = std::getenv("ALOFT_BENCH_SYNC_RUNS");
@@ -409,9 +238,19 @@ int main(int argc, char** argv) {
       provider_client(r, o);
     });
   }
-  if (only.empty() || only == "sync")
-    sync_scenario(r, quick ? 200 : 10'000, quick ? (2u << 20) : (100u << 20),
-                  quick ? 1 : sync_runs());
+  if (want("sync")) {
+    sync_options o;
+    if (quick) {
+      o.files = 200;
+      o.bytes = 2u << 20;
+      o.runs = 1;
+    } else {
+      o.runs = sync_runs();
+    }
+    auto t0 = clock_type::now();
+    sync_scenario(r, o);
+    std::fprintf(stderr, "aloft-bench: sync, %d runs: %.1f s\n", o.runs, seconds_since(t0));
+  }
   print(r, json_path);
   return r.sane ? 0 : 1;
 }

@@ -1,5 +1,5 @@
-// The bench scenarios kept in files of their own (the older ones live in
-// main.cpp). Each call is one run: it adds one figure per measurement to the
+// The bench scenarios kept in files of their own (durability and local live
+// in main.cpp). Each call is one run: it adds one figure per measurement to the
 // report, and checks what it must for `--quick` (every session reached its
 // state, counts are not zero), never timings.
 #pragma once
@@ -60,5 +60,16 @@ struct provider_client_options {
 /// and latency of `get` and `list` with `in_flight` calls at once, clean and
 /// with injected faults (429 with Retry-After, 503, connection resets).
 void provider_client(report& out, const provider_client_options& opts);
+
+struct sync_options {
+  size_t files = 10'000;
+  size_t bytes = 100u << 20; // about, in all files
+  int runs = 5;              // one session each
+};
+
+/// The local provider over loopback sshd and a generated tree: the initial
+/// sync up against tar and rsync over ssh, a one-file incremental sync up
+/// against rsync, a sync down of 100 changed files.
+void sync_scenario(report& out, const sync_options& opts);
 
 } // namespace aloft::bench
