@@ -363,17 +363,32 @@ private:
 
   // Hands the agent its secrets (if it takes any) in a file the runner
   // reads and deletes, then starts it. The values come from the credential
-  // store now: they are never part of the record.
+  // store now: they are never part of the record. Reading them may wait on
+  // a file or the Secret Service (a locked keyring), so it runs on the
+  // blocking executor, never on the scheduler's few threads.
   void launch_agent() {
     if (rec_.agent_secrets.empty() || !env_->agent_secrets) {
       start_agent();
       return;
     }
-    auto vars = env_->agent_secrets(rec_);
-    if (!vars) {
-      fail("agent secrets: " + describe(vars.error()));
-      return;
-    }
+    auto self_handle = caf::actor_cast<caf::actor>(this);
+    auto gen = transport_gen_;
+    auto read = env_->agent_secrets;
+    env_->blocking->post([this, self_handle, gen, read, rec = rec_] {
+      auto vars = read(rec);
+      caf::anon_send(self_handle, actor_task{[this, gen, vars = std::move(vars)] {
+        if (gen != transport_gen_ || !transport_)
+          return; // the connection it was for is gone; its successor starts over
+        if (!vars) {
+          fail("agent secrets: " + describe(vars.error()));
+          return;
+        }
+        hand_secrets(*vars);
+      }});
+    });
+  }
+
+  void hand_secrets(const std::vector<std::pair<std::string, std::string>>& vars) {
     auto self_handle = caf::actor_cast<caf::actor>(this);
     auto gen = transport_gen_;
     exec_callbacks cb;
@@ -394,7 +409,7 @@ private:
       }});
     };
     auto ch = transport_->exec(agent_env_command(rec_.workdir), std::move(cb));
-    ch->write(agent_env_file(*vars));
+    ch->write(agent_env_file(vars));
     ch->close_stdin();
   }
 
