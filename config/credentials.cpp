@@ -1,7 +1,6 @@
 #include "config/credentials.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
@@ -25,7 +24,7 @@
 #endif
 
 #include "engine/base/error.hpp"
-#include "engine/base/ids.hpp"
+#include "engine/base/files.hpp"
 #include "engine/base/json.hpp"
 #include "engine/base/redact.hpp"
 
@@ -105,7 +104,6 @@ public:
       ::close(fd_);
   }
   int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
 
 private:
   int fd_;
@@ -120,19 +118,6 @@ caf::error make_dirs(const std::string& dir) {
     auto partial = dir.substr(0, pos);
     if (::mkdir(partial.c_str(), 0700) != 0 && errno != EEXIST)
       return from_errno(errno, "cannot create directory " + partial);
-  }
-  return {};
-}
-
-caf::error write_all(int fd, const std::string& text, const std::string& path) {
-  size_t done = 0;
-  while (done < text.size()) {
-    auto n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0)
-      return from_errno(errno, "cannot write " + path);
-    done += static_cast<size_t>(n);
   }
   return {};
 }
@@ -222,19 +207,10 @@ private:
                               " run `chmod 600 "
                             + path_ + "` and try again");
     }
-    std::string text;
-    char buf[4096];
-    for (;;) {
-      auto n = ::read(fd.get(), buf, sizeof(buf));
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n < 0)
-        return from_errno(errno, "cannot read " + path_);
-      if (n == 0)
-        break;
-      text.append(buf, static_cast<size_t>(n));
-    }
-    auto doc = json::parse(text);
+    auto text = files::read_all(fd.get(), path_);
+    if (!text)
+      return text.error();
+    auto doc = json::parse(*text);
     if (!doc)
       return make_error(errc::failed_precondition,
                         path_ + ": " + message_of(doc.error())
@@ -264,37 +240,8 @@ private:
       return doc.error();
     if (!change(*doc))
       return {};
-    return save(*doc, dir.get());
-  }
-
-  // Temporary file (0600) in the same directory, fsync, rename, fsync of
-  // the directory: a crash leaves either the old file or the new one.
-  caf::error save(const json& doc, int dir_fd) {
-    static std::atomic<unsigned> counter{0};
-    auto tmp = dir_ + "/.credentials.json.tmp-" + std::to_string(::getpid()) + "-"
-               + std::to_string(counter++) + "-" + random_hex(4);
-    unique_fd fd{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)};
-    if (fd.get() < 0)
-      return from_errno(errno, "cannot create " + tmp);
-    auto fail = [&](caf::error err) {
-      ::unlink(tmp.c_str());
-      return err;
-    };
-    // The umask may have taken bits away from 0600; never adds any.
-    if (::fchmod(fd.get(), 0600) != 0)
-      return fail(from_errno(errno, "cannot chmod " + tmp));
-    if (auto err = write_all(fd.get(), doc.pretty() + "\n", tmp))
-      return fail(err);
-    if (::fsync(fd.get()) != 0)
-      return fail(from_errno(errno, "cannot fsync " + tmp));
-    if (::close(fd.release()) != 0)
-      return fail(from_errno(errno, "cannot close " + tmp));
-    if (::rename(tmp.c_str(), path_.c_str()) != 0)
-      return fail(from_errno(errno, "cannot rename " + tmp + " to " + path_));
-    // Some file systems cannot fsync a directory; the rename is done either way.
-    if (::fsync(dir_fd) != 0 && errno != EINVAL && errno != ENOTSUP)
-      return from_errno(errno, "cannot fsync directory " + dir_);
-    return {};
+    // A crash leaves either the old file or the new one.
+    return files::write_file_atomically(path_, doc->pretty() + "\n", 0600);
   }
 
   std::string dir_;

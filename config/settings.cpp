@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "engine/base/error.hpp"
+#include "engine/base/files.hpp"
 
 namespace aloft {
 
@@ -1436,19 +1437,6 @@ caf::error make_dirs(const std::string& dir) {
   return {};
 }
 
-caf::error write_all(int fd, std::string_view data, const std::string& path) {
-  while (!data.empty()) {
-    auto n = ::write(fd, data.data(), data.size());
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      return from_errno(errno, "write " + path);
-    }
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return {};
-}
-
 } // namespace
 
 // -- public ---------------------------------------------------------------------
@@ -1708,44 +1696,7 @@ caf::error save_settings(const std::string& path, const settings& s,
                                                : path.substr(0, slash);
   if (auto err = make_dirs(dir))
     return err;
-  auto tmp = path + ".tmp-" + std::to_string(::getpid());
-  int fd =
-      ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0)
-    return from_errno(errno, "create " + tmp);
-  auto fail = [&](caf::error err) {
-    if (fd >= 0)
-      ::close(fd);
-    ::unlink(tmp.c_str());
-    return err;
-  };
-  // The umask may not widen 0600 but an old file of that name could be wider.
-  if (::fchmod(fd, 0600) != 0)
-    return fail(from_errno(errno, "chmod " + tmp));
-  if (auto err = write_all(fd, text, tmp))
-    return fail(err);
-  if (::fsync(fd) != 0)
-    return fail(from_errno(errno, "fsync " + tmp));
-  int closed = ::close(fd);
-  fd = -1;
-  if (closed != 0)
-    return fail(from_errno(errno, "close " + tmp));
-  if (before_rename)
-    before_rename();
-  if (::rename(tmp.c_str(), path.c_str()) != 0)
-    return fail(from_errno(errno, "rename " + tmp + " to " + path));
-  // The rename is durable only once the directory entry is.
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0)
-    return from_errno(errno, "open directory " + dir);
-  int synced = ::fsync(dfd);
-  int err = errno;
-  ::close(dfd);
-  // Some file systems cannot sync a directory and say EINVAL; nothing more
-  // can be done there.
-  if (synced != 0 && err != EINVAL)
-    return from_errno(err, "fsync directory " + dir);
-  return {};
+  return files::write_file_atomically(path, text, 0600, before_rename);
 }
 
 } // namespace aloft

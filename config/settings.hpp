@@ -149,10 +149,11 @@ caf::error validate_settings(const settings& s);
 json to_json(const settings& s);
 
 /// Writes `s` to `path` atomically (mode 0600; the directory is created
-/// with mode 0700): `path.tmp-<pid>`, fsync, rename over `path`, fsync of
-/// the directory. Errors: invalid_argument when `s` does not validate
-/// (nothing is written); otherwise the failing step, naming the path and
-/// the errno text. A crash at any point leaves the old file whole.
+/// with mode 0700) with `files::write_file_atomically`: `path.tmp-<pid>-...`,
+/// fsync, rename over `path`, fsync of the directory. Errors:
+/// invalid_argument when `s` does not validate (nothing is written);
+/// otherwise the failing step, naming the path and the errno text. A crash
+/// at any point leaves the old file whole.
 caf::error save_settings(const std::string& path, const settings& s);
 
 /// As above; `before_rename`, when set, is called after the temporary file

@@ -1,7 +1,6 @@
 #include "engine/base/proc_table.hpp"
 
 #include <dirent.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -9,6 +8,9 @@
 #include <cstdlib>
 #include <map>
 #include <sstream>
+#include <utility>
+
+#include "engine/base/files.hpp"
 
 namespace aloft::proc {
 
@@ -21,24 +23,12 @@ std::string path_of(pid_t pid, const char* leaf) {
 } // namespace
 
 std::optional<std::string> read(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
+  // Any failure means the process went away (ENOENT on open, ESRCH
+  // mid-read): it is absent, not an error.
+  auto text = files::read_file(path);
+  if (!text)
     return std::nullopt;
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    auto n = ::read(fd, buf, sizeof(buf));
-    if (n > 0) {
-      out.append(buf, static_cast<size_t>(n));
-      continue;
-    }
-    if (n < 0 && errno == EINTR)
-      continue;
-    ::close(fd);
-    if (n < 0)
-      return std::nullopt; // ESRCH: the process went away mid-read
-    return out;
-  }
+  return std::move(*text);
 }
 
 std::optional<stat_fields> stat(pid_t pid) {

@@ -26,6 +26,7 @@
 #include <thread>
 
 #include "engine/base/error.hpp"
+#include "engine/base/files.hpp"
 #include "engine/base/ids.hpp"
 #include "engine/base/json.hpp"
 #include "engine/executor.hpp"
@@ -50,55 +51,6 @@ constexpr const char* sandbox_env = "ALOFT_SANDBOX";
 bool exists(const std::string& path) {
   struct stat st;
   return ::lstat(path.c_str(), &st) == 0;
-}
-
-caf::expected<std::string> read_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return from_errno(errno, "cannot read " + path);
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    auto n = ::read(fd, buf, sizeof(buf));
-    if (n > 0) {
-      out.append(buf, static_cast<size_t>(n));
-      continue;
-    }
-    if (n < 0 && errno == EINTR)
-      continue;
-    int err = errno;
-    ::close(fd);
-    if (n < 0)
-      return from_errno(err, "cannot read " + path);
-    return out;
-  }
-}
-
-// Writes `content` to `path` through a temporary file and a rename, so a
-// reader never sees half a file.
-caf::error write_file(const std::string& path, const std::string& content, mode_t mode) {
-  auto tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-  if (fd < 0)
-    return from_errno(errno, "cannot write " + tmp);
-  ::fchmod(fd, mode);
-  size_t off = 0;
-  while (off < content.size()) {
-    auto n = ::write(fd, content.data() + off, content.size() - off);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0) {
-      auto err = from_errno(errno, "cannot write " + tmp);
-      ::close(fd);
-      return err;
-    }
-    off += static_cast<size_t>(n);
-  }
-  ::fsync(fd);
-  ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0)
-    return from_errno(errno, "cannot rename " + tmp);
-  return {};
 }
 
 caf::error make_dirs(const std::string& path, mode_t mode) {
@@ -408,7 +360,7 @@ caf::expected<pid_t> spawn_sshd(const std::string& sshd_path, const sandbox& sb)
 }
 
 pid_t read_pid_file(const std::string& path) {
-  auto text = read_file(path);
+  auto text = files::read_file(path);
   if (!text)
     return -1;
   char* end = nullptr;
@@ -430,7 +382,7 @@ pid_t running_sshd(const sandbox& sb) {
 }
 
 std::string log_tail(const sandbox& sb) {
-  auto text = read_file(sb.log());
+  auto text = files::read_file(sb.log());
   if (!text || text->empty())
     return "no log";
   auto s = *text;
@@ -466,7 +418,7 @@ public:
       info.status = vm_status::gone;
       return info;
     }
-    if (auto text = read_file(sb.tags())) {
+    if (auto text = files::read_file(sb.tags())) {
       if (auto tags = json::parse(*text)) {
         info.installation_id = tags->get_string("installation_id");
         info.session_id = tags->get_string("session_id");
@@ -501,7 +453,7 @@ public:
       .set("vm_id", vm_id)
       .set("port", static_cast<int>(port))
       .set("hard_deadline_ms", static_cast<long long>(req.hard_deadline_ms));
-    return write_file(sb.tags(), tags.pretty() + "\n", 0600);
+    return files::write_file_atomically(sb.tags(), tags.pretty() + "\n", 0600);
   }
 
   caf::expected<vm_info> do_create(const vm_request& req) {
@@ -547,7 +499,7 @@ public:
       }
       // Tags first: from here on `list` finds the sandbox, so a crash
       // mid-create leaks nothing that reconcile cannot see.
-      if (auto err = write_file(sb.creating(), "", 0600))
+      if (auto err = files::write_file_atomically(sb.creating(), "", 0600))
         return fail(err);
       if (auto err = write_tags(sb, vm_id, req, 0))
         return fail(err);
@@ -568,9 +520,10 @@ public:
     auto host_key = req.host_private_key;
     if (host_key.back() != '\n')
       host_key += '\n';
-    if (auto err = write_file(sb.host_key(), host_key, 0600))
+    if (auto err = files::write_file_atomically(sb.host_key(), host_key, 0600))
       return err;
-    if (auto err = write_file(sb.authorized_keys(), req.client_public_key + "\n", 0600))
+    if (auto err = files::write_file_atomically(sb.authorized_keys(),
+                                                req.client_public_key + "\n", 0600))
       return err;
     if (::geteuid() == 0 && ::mkdir("/run/sshd", 0755) != 0 && errno != EEXIST)
       return from_errno(errno, "cannot create sshd's privilege separation directory "
@@ -580,7 +533,8 @@ public:
       auto port = pick_port();
       if (!port)
         return port.error();
-      if (auto err = write_file(sb.config(), sshd_config_text(sb, *port, user_), 0600))
+      if (auto err = files::write_file_atomically(
+              sb.config(), sshd_config_text(sb, *port, user_), 0600))
         return err;
       if (auto err = write_tags(sb, vm_id, req, *port))
         return err;
@@ -660,7 +614,7 @@ public:
         names.emplace_back(e->d_name);
     ::closedir(d);
     for (auto& name : names) {
-      auto text = read_file(sandbox_of(name).tags());
+      auto text = files::read_file(sandbox_of(name).tags());
       if (!text)
         continue;
       auto tags = json::parse(*text);

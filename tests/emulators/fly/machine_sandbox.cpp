@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "engine/base/error.hpp"
+#include "engine/base/files.hpp"
 #include "engine/executor.hpp"
 #include "engine/keys.hpp"
 #include "engine/vm.hpp"
@@ -84,20 +85,9 @@ caf::error write_file(const std::string& path, const std::string& content, int m
   if (fd < 0)
     return from_errno(errno, "cannot write " + path);
   ::fchmod(fd, static_cast<mode_t>(mode));
-  size_t off = 0;
-  while (off < content.size()) {
-    auto n = ::write(fd, content.data() + off, content.size() - off);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0) {
-      auto err = from_errno(errno, "cannot write " + path);
-      ::close(fd);
-      return err;
-    }
-    off += static_cast<size_t>(n);
-  }
+  auto err = files::write_all(fd, content, path);
   ::close(fd);
-  return {};
+  return err;
 }
 
 // The program `name` names: itself when it holds a slash, else the first
