@@ -53,6 +53,10 @@ struct http_request_seen {
   std::string query_param(std::string_view key) const;
 };
 
+/// `s` with each `%XX` escape decoded and `+` read as a space (form
+/// encoding); a malformed escape is kept as it is.
+std::string percent_decode(std::string_view s);
+
 /// The answer a handler gives.
 struct http_reply {
   int status = 200;
