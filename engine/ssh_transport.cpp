@@ -20,6 +20,7 @@
 
 #include <libssh2.h>
 
+#include "engine/base/base64.hpp"
 #include "engine/base/error.hpp"
 #include "engine/executor.hpp"
 
@@ -140,20 +141,6 @@ bool ends_session(int rc) {
 }
 
 // -- small helpers ------------------------------------------------------------
-
-int base64_value(char c) {
-  if (c >= 'A' && c <= 'Z')
-    return c - 'A';
-  if (c >= 'a' && c <= 'z')
-    return c - 'a' + 26;
-  if (c >= '0' && c <= '9')
-    return c - '0' + 52;
-  if (c == '+')
-    return 62;
-  if (c == '/')
-    return 63;
-  return -1;
-}
 
 bool base64_decode(const std::string& in, std::string& out) {
   out.clear();

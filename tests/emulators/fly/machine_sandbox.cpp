@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "engine/base/base64.hpp"
 #include "engine/base/error.hpp"
 #include "engine/base/files.hpp"
 #include "engine/executor.hpp"
@@ -26,20 +27,6 @@ constexpr const char* host_key_path = "/etc/ssh/ssh_host_ed25519_key";
 constexpr const char* host_pub_path = "/etc/ssh/ssh_host_ed25519_key.pub";
 constexpr const char* default_path =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-int base64_value(char c) {
-  if (c >= 'A' && c <= 'Z')
-    return c - 'A';
-  if (c >= 'a' && c <= 'z')
-    return c - 'a' + 26;
-  if (c >= '0' && c <= '9')
-    return c - '0' + 52;
-  if (c == '+')
-    return 62;
-  if (c == '/')
-    return 63;
-  return -1;
-}
 
 bool valid_session_id(const std::string& id) {
   if (id.empty() || id.size() > 64)
