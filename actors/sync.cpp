@@ -230,7 +230,7 @@ private:
                         bool over, const caf::error& err, int code) {
     if (over) {
       finish(make_error(errc::failed_precondition,
-                        "the VM sent more than max_download_bytes ("
+                        "the VM sent more than sync.max_download_bytes ("
                           + human_bytes(job_.limits.max_download_bytes)
                           + "); nothing was written locally"));
       return;

@@ -298,7 +298,7 @@ caf::error check_entries(const std::vector<tree_entry>& entries,
   if (entries.size() > lim.max_files)
     return make_error(errc::failed_precondition, "the VM's tree has more than "
                                                     + std::to_string(lim.max_files)
-                                                    + " files (setting max_files)");
+                                                    + " files (sync.max_files in settings.json)");
   std::set<std::string> links;
   std::map<std::string, std::string> links_folded; // folded -> as in the tree
   for (auto& e : entries)
@@ -334,12 +334,12 @@ caf::error check_entries(const std::vector<tree_entry>& entries,
                         "refused " + printable(e.path)
                             + " from the VM: " + format_bytes(e.size)
                             + ", over the limit of " + format_bytes(lim.max_file_bytes)
-                            + " (setting max_file_bytes)");
+                            + " (sync.max_file_bytes in settings.json)");
     total += e.size;
     if (total > lim.max_tree_bytes)
       return make_error(errc::failed_precondition, "the VM's tree is over "
                                                       + format_bytes(lim.max_tree_bytes)
-                                                      + " (setting max_tree_bytes)");
+                                                      + " (sync.max_tree_bytes in settings.json)");
     if (e.mode == mode_symlink) {
       auto it = symlink_targets.find(e.path);
       if (it == symlink_targets.end())
@@ -627,7 +627,7 @@ caf::expected<std::vector<tree_entry>> list_tree(const std::string& repo,
   if (too_many)
     return make_error(errc::failed_precondition,
                       "the tree of " + commit + " has more than "
-                          + std::to_string(max_entries) + " files (setting max_files)");
+                          + std::to_string(max_entries) + " files (sync.max_files in settings.json)");
   if (!parse_error.empty())
     return make_error(errc::internal, parse_error);
   if (!r)
@@ -1258,7 +1258,7 @@ caf::error check_upload_size(const tree_stats& stats, const limits& lim) {
       break;
     msg += (shown > 1 ? ", " : " ") + printable(path) + " (" + format_bytes(size) + ")";
   }
-  msg += ". Ignore what should not go (.gitignore) or raise the setting max_upload_bytes";
+  msg += ". Ignore what should not go (.gitignore) or raise sync.max_upload_bytes in settings.json";
   return make_error(errc::failed_precondition, std::move(msg));
 }
 
@@ -1467,7 +1467,7 @@ caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack
     return make_error(
         errc::failed_precondition,
         "the VM's pack is " + format_bytes(pack.size()) + ", over the download limit of "
-            + format_bytes(lim.max_download_bytes) + " (setting max_download_bytes)");
+            + format_bytes(lim.max_download_bytes) + " (sync.max_download_bytes in settings.json)");
   if (auto err = check_oid(commit, "receive: commit"))
     return err;
   if (!base.empty())

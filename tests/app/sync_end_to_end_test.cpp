@@ -328,5 +328,45 @@ TEST_F(sync_e2e, sync_state_tells_which_side_moved) {
   EXPECT_EQ(st->vm_changed, 0) << st->vm_note;
 }
 
+// The bounds come from settings.json's `sync`, and a reload changes them for
+// the next sync.
+TEST_F(sync_e2e, sync_bounds_come_from_the_settings_and_a_reload_changes_them) {
+  auto settings = home_.path() + "/aloft/settings.json";
+  write_file(settings, R"({"sync": {"max_upload_bytes": 100}})");
+  auto report = engine_->reload();
+  ASSERT_TRUE(report.problems.empty());
+  launch_request req;
+  req.agent_cmd = "sleep 600";
+  req.worktree = wt_;
+  auto rec = engine_->launch(req);
+  ASSERT_TRUE(rec) << describe(rec.error());
+  session_record failed;
+  ASSERT_TRUE(test::wait_until([&] {
+    auto v = engine_->show(rec->id);
+    failed = v ? v->record : session_record{};
+    return v && is_terminal(v->record.state);
+  }, 60s));
+  EXPECT_EQ(failed.state, session_state::failed);
+  EXPECT_NE(failed.reason.find("over the upload limit of 100 B"), std::string::npos)
+    << failed.reason;
+  EXPECT_NE(failed.reason.find("sync.max_upload_bytes"), std::string::npos) << failed.reason;
+
+  // Room to go up, none for a big file coming down.
+  write_file(settings, R"({"sync": {"max_file_bytes": 1000}})");
+  report = engine_->reload();
+  ASSERT_TRUE(report.problems.empty());
+  auto live = launch();
+  ASSERT_EQ(live.state, session_state::running);
+  write_file(live.workdir + "/big.txt", std::string(5000, 'x'));
+  auto before = tree_of(wt_);
+  auto down = engine_->sync_down({live.id, sync_down_mode::apply, {}});
+  ASSERT_FALSE(down);
+  EXPECT_NE(describe(down.error()).find("big.txt"), std::string::npos)
+    << describe(down.error());
+  EXPECT_NE(describe(down.error()).find("sync.max_file_bytes"), std::string::npos)
+    << describe(down.error());
+  EXPECT_EQ(tree_of(wt_), before);
+}
+
 } // namespace
 } // namespace aloft
