@@ -1,11 +1,13 @@
 #include "engine/git_sync.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <deque>
 #include <filesystem>
@@ -379,15 +381,43 @@ caf::error check_entries(const std::vector<tree_entry>& entries,
 // Types local_state (which the header names) is made of.
 namespace detail {
 
-// A directory made with mkdtemp, removed with its contents on every path.
+// A directory made with mkdtemp, removed with its contents on every path
+// but one: a process killed outright (kill -9, a power cut) leaves it, in
+// the user's .git. So its name carries its maker's pid, and making one
+// sweeps the leftovers of its kind whose maker is gone.
 class scratch_dir {
 public:
   static caf::expected<std::unique_ptr<scratch_dir>> make(const std::string& parent,
                                                           const std::string& prefix) {
-    std::string tmpl = parent + "/" + prefix + "XXXXXX";
+    sweep(parent, prefix);
+    std::string tmpl = parent + "/" + prefix + std::to_string(::getpid()) + "-XXXXXX";
     if (::mkdtemp(tmpl.data()) == nullptr)
       return from_errno(errno, "cannot create a temporary directory in " + parent);
     return std::unique_ptr<scratch_dir>{new scratch_dir(tmpl)};
+  }
+
+  // Removes `parent/<prefix>*` left by a process that no longer runs (or
+  // by an Aloft that did not name the pid). Only those untouched for an
+  // hour: a pid is only meaningful on this machine, and a repository on a
+  // shared file system may have a live maker elsewhere; an hour of litter
+  // costs nothing.
+  static void sweep(const std::string& parent, const std::string& prefix) {
+    std::error_code ec;
+    auto now = std::filesystem::file_time_type::clock::now();
+    for (auto it = std::filesystem::directory_iterator{parent, ec};
+         !ec && it != std::filesystem::directory_iterator{}; it.increment(ec)) {
+      auto name = it->path().filename().string();
+      if (name.compare(0, prefix.size(), prefix) != 0 || !it->is_directory(ec))
+        continue;
+      auto rest = name.substr(prefix.size());
+      auto dash = rest.find('-');
+      long pid = dash == std::string::npos ? 0 : std::strtol(rest.c_str(), nullptr, 10);
+      bool maker_gone = pid <= 0 || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH);
+      auto age = now - it->last_write_time(ec);
+      if (!ec && maker_gone && age > std::chrono::hours{1})
+        std::filesystem::remove_all(it->path(), ec);
+      ec.clear();
+    }
   }
   ~scratch_dir() {
     std::error_code ec;
@@ -1479,7 +1509,7 @@ caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack
   // Like git's receive-pack: objects land in a quarantine next to the store
   // (same file system, so moving them in is a rename) and are visible to
   // nothing else until checked.
-  auto quarantine = scratch_dir::make(paths->objects, "incoming-");
+  auto quarantine = scratch_dir::make(paths->objects, "aloft-incoming-");
   if (!quarantine)
     return quarantine.error();
   const auto& q = (*quarantine)->path();

@@ -76,7 +76,7 @@ protected:
     EXPECT_EQ(object_count(local), objects_before);
     EXPECT_NE(git_raw(local, {"cat-file", "-e", c}).exit_code, 0) << "the commit got in";
     for (auto& e : fs::directory_iterator(local + "/.git/objects"))
-      EXPECT_EQ(e.path().filename().string().rfind("incoming-", 0), std::string::npos)
+      EXPECT_EQ(e.path().filename().string().rfind("aloft-incoming-", 0), std::string::npos)
           << "quarantine left behind: " << e.path();
   }
 
@@ -98,7 +98,7 @@ TEST_F(git_sync_hostile, a_valid_snapshot_is_received_and_its_quarantine_removed
   EXPECT_EQ(git_raw(local, {"cat-file", "-e", c}).exit_code, 0);
   EXPECT_EQ(git(local, {"show", c + ":d/e.txt"}), "x");
   for (auto& e : fs::directory_iterator(local + "/.git/objects"))
-    EXPECT_EQ(e.path().filename().string().rfind("incoming-", 0), std::string::npos);
+    EXPECT_EQ(e.path().filename().string().rfind("aloft-incoming-", 0), std::string::npos);
   // Receiving it again is harmless.
   EXPECT_FALSE(sync::receive_untrusted_pack(local, pack_of(c), c, base, {}));
 }

@@ -95,6 +95,37 @@ TEST_F(git_sync_snapshot, works_without_commits_and_without_an_identity) {
   EXPECT_EQ(git(local, {"for-each-ref"}), "") << "no ref when none is asked for";
 }
 
+// A process killed mid-snapshot leaves its scratch directory in .git; the
+// next snapshot removes it once its maker is gone and an hour has passed,
+// and leaves alone those of a live maker or too recent to judge.
+TEST_F(git_sync_snapshot, a_killed_snapshots_leftovers_are_swept_by_the_next) {
+  make_repo(local, {{"a.txt", "a\n"}});
+  auto git_dir = local + "/.git/";
+  // No pid can be this large (pid_max is at most 2^22).
+  auto dead_old = git_dir + "aloft-snapshot-999999999-abcdef";
+  auto dead_recent = git_dir + "aloft-snapshot-999999998-abcdef";
+  auto unnamed_old = git_dir + "aloft-snapshot-abcdef"; // an Aloft that named no pid
+  auto live_old = git_dir + "aloft-snapshot-" + std::to_string(::getpid()) + "-abcdef";
+  for (auto& d : {dead_old, dead_recent, unnamed_old, live_old}) {
+    fs::create_directories(d);
+    write_file(d + "/index", "stale");
+  }
+  auto two_hours_ago = fs::file_time_type::clock::now() - std::chrono::hours{2};
+  for (auto& d : {dead_old, unnamed_old, live_old})
+    fs::last_write_time(d, two_hours_ago);
+  auto snap = sync::snapshot_worktree(local, "", "");
+  ASSERT_TRUE(snap) << describe(snap.error());
+  EXPECT_FALSE(fs::exists(dead_old));
+  EXPECT_FALSE(fs::exists(unnamed_old));
+  EXPECT_TRUE(fs::exists(dead_recent));
+  EXPECT_TRUE(fs::exists(live_old));
+  // Its own scratch directory is gone too.
+  size_t left = 0;
+  for (auto& e : fs::directory_iterator(git_dir))
+    left += e.path().filename().string().rfind("aloft-snapshot-", 0) == 0;
+  EXPECT_EQ(left, 2u);
+}
+
 TEST_F(git_sync_snapshot, takes_assume_unchanged_files_as_they_are) {
   make_repo(local, {{"a.txt", "a\n"}});
   git(local, {"update-index", "--assume-unchanged", "a.txt"});
