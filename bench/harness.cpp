@@ -251,6 +251,8 @@ int run_child(const std::vector<std::string>& args) {
     return steady_state_child(args);
   if (!args.empty() && args[0] == "restart")
     return restart_child(args);
+  if (!args.empty() && args[0] == "local")
+    return local_child(args);
   std::fprintf(stderr, "aloft-bench: unknown child %s\n",
                args.empty() ? "(none)" : args[0].c_str());
   return 2;

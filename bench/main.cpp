@@ -93,55 +93,6 @@ void durability(report& out, size_t transitions, size_t writers) {
   remove_tree(home);
 }
 
-// -- local provider ----------------------------------------------------------------
-
-void local_sessions(report& out, size_t n) {
-  auto home = temp_home();
-  engine_options opts;
-  opts.home = home;
-  auto rss0 = proc_status("VmRSS:");
-  auto threads0 = proc_status("Threads:");
-  auto e = open_engine(opts);
-  if (!e) {
-    out.check(false, "open engine: " + describe(e.error()));
-    return;
-  }
-  auto& eng = **e;
-  // Every session stays live until the end: raise the account's cap.
-  if (auto cap = eng.set_account("local", "max_concurrent_vms", std::to_string(n + 1), false);
-      !cap) {
-    out.check(false, "raise the local account's cap: " + describe(cap.error()));
-    return;
-  }
-  launch_request req;
-  req.agent_cmd = "sleep 600";
-  req.worktree = home;
-  auto t0 = clock_type::now();
-  for (size_t i = 0; i < n; ++i)
-    if (!eng.launch(req))
-      out.check(false, "local: launch failed");
-  bool all = wait_for([&] { return count_state(eng, session_state::running) == n; }, 300);
-  auto running_s = seconds_since(t0);
-  out.check(all, "local: not every session reached running: "
-                   + describe_states(eng, session_state::running));
-  out.add({"local", "sessions to running per second (real sshd each)",
-           static_cast<double>(n) / running_s, "1/s"});
-  out.add({"local", "live sessions", static_cast<double>(n), ""});
-  out.add({"local", "engine memory (RSS growth) per live session",
-           static_cast<double>(proc_status("VmRSS:") - rss0) * 1024.0 / static_cast<double>(n),
-           "B"});
-  out.add({"local", "engine threads with all sessions live",
-           static_cast<double>(proc_status("Threads:")), ""});
-  out.add({"local", "threads before the engine opened", static_cast<double>(threads0), ""});
-  for (auto& r : eng.list())
-    ignore_error(eng.destroy(r.id));
-  bool gone = wait_for([&] { return count_state(eng, session_state::destroyed) == n; }, 300);
-  out.check(gone, "local: not every session was destroyed: "
-                    + describe_states(eng, session_state::destroyed));
-  e->reset();
-  remove_tree(home);
-}
-
 // Runs of the sync scenario: 5, or ALOFT_BENCH_SYNC_RUNS (for quicker looks).
 int sync_runs() {
   auto v = std::getenv("ALOFT_BENCH_SYNC_RUNS");
@@ -227,7 +178,11 @@ int main(int argc, char** argv) {
       restart(r, o);
     });
     run_one("durability", run, [&] { durability(r, quick ? 2'000 : 40'000, 64); });
-    run_one("local", run, [&] { local_sessions(r, quick ? 3 : 100); });
+    run_one("local", run, [&] {
+      local_options o;
+      o.sessions = quick ? 3 : 100;
+      local_sessions(r, o);
+    });
     run_one("provider_client", run, [&] {
       provider_client_options o;
       if (quick) {

@@ -1,5 +1,5 @@
-// The bench scenarios kept in files of their own (durability and local live
-// in main.cpp). Each call is one run: it adds one figure per measurement to the
+// The bench scenarios kept in files of their own (durability lives in
+// main.cpp). Each call is one run: it adds one figure per measurement to the
 // report, and checks what it must for `--quick` (every session reached its
 // state, counts are not zero), never timings.
 #pragma once
@@ -48,6 +48,16 @@ struct restart_options {
 /// sessions until each agent's output streams again over SSH.
 void restart(report& out, const restart_options& opts);
 int restart_child(const std::vector<std::string>& args);
+
+struct local_options {
+  size_t sessions = 100;
+};
+
+/// N sessions on the local provider (a real sshd each), all live at once, in
+/// a fresh process: sessions/s to running, memory per live session (SSH
+/// transports included), threads. Leaves no sshd or sandbox behind.
+void local_sessions(report& out, const local_options& opts);
+int local_child(const std::vector<std::string>& args);
 
 struct provider_client_options {
   size_t calls = 2'000;   // of each kind of read
