@@ -4,8 +4,10 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <dirent.h>
 #include <fcntl.h>
 #include <fstream>
+#include <future>
 #include <map>
 #include <mutex>
 #include <poll.h>
@@ -18,6 +20,8 @@
 #include "bench/scenarios.hpp"
 #include "engine/app/engine_impl.hpp"
 #include "engine/base/error.hpp"
+#include "engine/home.hpp"
+#include "providers/local/local_provider.hpp"
 
 namespace aloft::bench {
 
@@ -257,5 +261,32 @@ int run_child(const std::vector<std::string>& args) {
                args.empty() ? "(none)" : args[0].c_str());
   return 2;
 }
+
+// Destroys every sandbox left under `home` (its sshd, agent and whatever
+// else runs in it) through the local provider, which knows how to find
+// them; how many there were. A failure to destroy one fails a check.
+size_t destroy_leftover_sandboxes(report& out, const std::string& home) {
+  local_provider_options o;
+  o.sandboxes_dir = resolve_home(home).sandboxes_dir();
+  std::vector<std::string> vm_ids;
+  if (DIR* d = ::opendir(o.sandboxes_dir.c_str())) {
+    while (auto entry = ::readdir(d))
+      if (std::string name = entry->d_name; name.rfind("local-", 0) == 0)
+        vm_ids.push_back(name);
+    ::closedir(d);
+  }
+  if (vm_ids.empty())
+    return 0;
+  auto provider = make_local_provider(o);
+  for (auto& id : vm_ids) {
+    std::promise<caf::error> destroyed;
+    auto result = destroyed.get_future();
+    provider->destroy(id, [&destroyed](caf::error err) { destroyed.set_value(std::move(err)); });
+    if (auto err = result.get())
+      out.check(false, "destroy a sandbox left behind: " + describe(err));
+  }
+  return vm_ids.size();
+}
+
 
 } // namespace aloft::bench

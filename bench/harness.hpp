@@ -16,6 +16,7 @@
 #include <sys/types.h>
 #include <vector>
 
+#include "bench/report.hpp"
 #include "engine/app/api.hpp"
 #include "providers/fake/fake_provider.hpp"
 
@@ -65,6 +66,12 @@ struct fleet {
 /// up to `limit_s` for all of them to run.
 fleet launch_fleet(engine& e, size_t n, size_t clients, const std::string& worktree,
                    const std::string& agent_cmd, double limit_s);
+
+/// Destroys every local sandbox left under the engine home `home` (its
+/// sshd, agent and whatever else runs in it: an sshd outlives its engine)
+/// through the local provider; how many there were. A failure to destroy
+/// one fails a check.
+size_t destroy_leftover_sandboxes(report& out, const std::string& home);
 
 /// The directory holding this program (and the other build outputs).
 std::string program_dir();

@@ -123,8 +123,13 @@ void restart_fake(report& out, size_t n) {
 void restart_local(report& out, size_t n, double tick_s) {
   const std::string scenario = "restart";
   auto home = temp_home();
-  if (!run_until_killed(out, home, n, "local", tick_s)) {
+  // Whatever goes wrong, no sandbox's sshd outlives the run.
+  auto finish = [&] {
+    destroy_leftover_sandboxes(out, home);
     remove_tree(home);
+  };
+  if (!run_until_killed(out, home, n, "local", tick_s)) {
+    finish();
     return;
   }
   // Each agent writes a line while no engine runs, so each has output
@@ -142,7 +147,7 @@ void restart_local(report& out, size_t n, double tick_s) {
   auto e = open_engine(opts);
   if (!e) {
     out.check(false, "restart: reopen (local): " + describe(e.error()));
-    remove_tree(home);
+    finish();
     return;
   }
   auto& eng = **e;
@@ -170,6 +175,8 @@ void restart_local(report& out, size_t n, double tick_s) {
   out.check(wait_for([&] { return count_state(eng, session_state::destroyed) == n; }, 300),
             "restart: not every local session was destroyed");
   e->reset();
+  out.check(destroy_leftover_sandboxes(out, home) == 0,
+            "restart: destroyed sessions left sandboxes behind");
   remove_tree(home);
 }
 
