@@ -84,9 +84,10 @@ public:
       // the list own every VM in it (read before, a session launched while
       // a slow list ran would lose its new VM as a stray).
       [=](reconcile_atom) -> caf::result<done_atom> {
-        auto rp = make_response_promise();
+        // Before the promise: once made, it is the only way to answer.
         if (!env_.registry)
           return make_error(errc::failed_precondition, "reconcile: no registry");
+        auto rp = make_response_promise();
         this->request(caf::actor_cast<caf::actor>(this), caf::infinite, list_atom::value)
           .then(
             [=](const vm_infos& observed) mutable {

@@ -253,18 +253,26 @@ private:
           adopt(vm);
         },
         [=](caf::error& err) {
-          create_in_flight_ = false;
           // The outcome of a timed-out create is unknown: look before
-          // deciding, so the session never gets two VMs.
+          // deciding, so the session never gets two VMs. The create is in
+          // flight until the look decides: a destroy asked meanwhile waits
+          // for it, and destroys what it finds.
           if (code_of(err) == errc::deadline_exceeded || code_of(err) == errc::unavailable) {
             find_by_key([=](const vm_info* vm) {
-              if (vm)
+              create_in_flight_ = false;
+              if (finishing_) {
+                if (vm)
+                  adopt_fields(*vm);
+                destroy_vm();
+              } else if (vm) {
                 adopt(*vm);
-              else
+              } else {
                 fail("create VM: " + describe(err));
+              }
             });
             return;
           }
+          create_in_flight_ = false;
           if (finishing_) {
             destroy_vm();
             return;
@@ -367,7 +375,11 @@ private:
   // a file or the Secret Service (a locked keyring), so it runs on the
   // blocking executor, never on the scheduler's few threads.
   void launch_agent() {
-    if (rec_.agent_secrets.empty() || !env_->agent_secrets) {
+    // A running session's agent has its secrets: a reconnect neither reads
+    // them again (a keyring locked since must not fail a running VM) nor
+    // sends them.
+    if (rec_.agent_secrets.empty() || !env_->agent_secrets
+        || rec_.state != session_state::booting) {
       start_agent();
       return;
     }
@@ -861,7 +873,8 @@ private:
     auto up = job.up;
     auto safety = job.safety;
     auto mode = job.mode;
-    auto s = spawn_sync(system(), std::move(job), shell(), env_->blocking, env_->registry);
+    auto sh = shell(job.limits.max_download_bytes);
+    auto s = spawn_sync(system(), std::move(job), std::move(sh), env_->blocking, env_->registry);
     request(s, caf::infinite, sync_atom::value)
       .then(
         [=](sync_outcome& out) {
@@ -902,10 +915,11 @@ private:
 
   // The session's resident shell on the VM, (re)started on demand: sync
   // scripts run there instead of paying for a channel and a login shell each.
-  std::shared_ptr<resident_shell> shell() {
-    // Its output is bounded by the download limit as it was at its start; a
-    // raised limit needs a new shell.
-    auto cap = sync_limits().max_download_bytes + (1u << 20);
+  // Its output is bounded by `max_download_bytes` (the job's own bound, so
+  // the shell never cuts a pack the job would take) as it was at its start;
+  // a raised bound needs a new shell.
+  std::shared_ptr<resident_shell> shell(uint64_t max_download_bytes) {
+    auto cap = max_download_bytes + (1u << 20);
     if (!shell_ || !shell_->alive() || shell_cap_ < cap) {
       shell_ = resident_shell::start(transport_, cap);
       shell_cap_ = cap;
@@ -970,7 +984,8 @@ private:
       }});
     });
     if (*pending == 2) {
-      shell()->run(sync::vm_tree_command(rec_.workdir, rec_.synced_up), {},
+      shell(sync_limits().max_download_bytes)
+        ->run(sync::vm_tree_command(rec_.workdir, rec_.synced_up), {},
                    [self_handle, st, vm_tree, done](const caf::error& err, int code,
                                                     std::string out, std::string) mutable {
                      caf::anon_send(self_handle, actor_task{[=]() mutable {

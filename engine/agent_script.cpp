@@ -74,7 +74,10 @@ std::string agent_deadline_command(const std::string& workdir, int64_t deadline_
 
 std::string agent_env_command(const std::string& workdir) {
   auto state = shell_quote(agent_state_dir(workdir));
+  // An agent already started has its secrets; a file written now would
+  // outlive it (the runner that deletes it does not run again).
   return "S=" + state + "; umask 077; mkdir -p \"$S\" || exit 1; "
+         "if [ -e \"$S/started\" ]; then cat > /dev/null; exit 0; fi; "
          "cat > \"$S/agent.env.tmp\" && mv \"$S/agent.env.tmp\" \"$S/agent.env\"";
 }
 

@@ -41,7 +41,8 @@ std::string agent_deadline_command(const std::string& workdir, int64_t deadline_
 
 /// Writes the agent's environment file (0600) from stdin, before the launch;
 /// the runner exports it into the agent's environment and deletes it, so
-/// the secrets live only in the agent's processes.
+/// the secrets live only in the agent's processes. Once the agent has
+/// started it writes nothing (and still succeeds).
 std::string agent_env_command(const std::string& workdir);
 
 /// The environment file's text: `export NAME='value'` lines.

@@ -640,7 +640,18 @@ public:
     }
     default_account_ = pick_default(load.value);
     profiles_ = load.value.profiles;
-    set_sync_settings(load.value.sync);
+    // A bound that does not load keeps the value it had, as a broken
+    // account keeps its definition: a typo must not reset a bound raised
+    // on purpose.
+    bool sync_problem = std::any_of(load.problems.begin(), load.problems.end(),
+                                    [](const settings_problem& p) {
+                                      return p.path == "sync" || p.path.rfind("sync.", 0) == 0;
+                                    });
+    if (sync_problem)
+      report.problems.push_back("the sync bounds are kept as they were until settings.json "
+                                "loads cleanly");
+    else
+      set_sync_settings(load.value.sync);
     if (!load.value.default_account.empty() && accounts_.count(load.value.default_account) == 0)
       report.problems.push_back("default_account '" + load.value.default_account
                                 + "' is not an account; using '" + default_account_ + "'");

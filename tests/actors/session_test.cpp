@@ -224,6 +224,65 @@ TEST_F(session_test, reconcile_never_destroys_the_vm_of_a_session_launched_while
   EXPECT_FALSE(has_event("reconcile", "destroying VM"));
 }
 
+// Holds creates until the test answers them, as a slow cloud API would.
+class holding_provider final : public provider {
+public:
+  explicit holding_provider(std::shared_ptr<fake_provider> inner) : inner_(std::move(inner)) {}
+  std::string kind() const override { return "fake"; }
+  void create(const vm_request&, callback<vm_info> done) override {
+    held.push_back(std::move(done));
+  }
+  void wait_ready(const std::string& id, callback<vm_info> done) override {
+    inner_->wait_ready(id, std::move(done));
+  }
+  void get(const std::string& id, callback<vm_info> done) override {
+    inner_->get(id, std::move(done));
+  }
+  void list(const std::string& inst, callback<std::vector<vm_info>> done) override {
+    inner_->list(inst, std::move(done));
+  }
+  void destroy(const std::string& id, done_callback done) override {
+    inner_->destroy(id, std::move(done));
+  }
+  std::vector<callback<vm_info>> held;
+
+private:
+  std::shared_ptr<fake_provider> inner_;
+};
+
+// A destroy asked while the create is in flight, and the create then times
+// out at the provider (which made the VM anyway, or not): the session
+// still ends destroyed, and no VM is left.
+TEST_F(session_test, a_destroy_during_a_create_that_times_out_leaves_no_vm) {
+  for (bool made_anyway : {true, false}) {
+    auto holding = std::make_shared<holding_provider>(provider_);
+    client_ = holding;
+    restart();
+    auto rec = launch();
+    ASSERT_EQ(holding->held.size(), 1u);
+    ASSERT_EQ(stored(rec.id).state, st::provisioning);
+    auto destroyed = (*self_)->request(registry_, caf::infinite, destroy_atom::value, rec.id);
+    run();
+    ASSERT_EQ(stored(rec.id).state, st::stopping);
+    if (made_anyway) {
+      vm_info late;
+      late.vm_id = "late-1";
+      late.status = vm_status::running;
+      late.installation_id = "i-test";
+      late.session_id = rec.id;
+      late.idempotency_key = rec.idempotency_key;
+      provider_->add_vm(late);
+    }
+    auto answer = std::move(holding->held.front());
+    holding->held.clear();
+    answer(make_error(errc::deadline_exceeded, "create timed out"));
+    run();
+    EXPECT_EQ(stored(rec.id).state, st::destroyed) << stored(rec.id).reason;
+    EXPECT_EQ(provider_->vm_count(), 0u) << (made_anyway ? "the late VM is left" : "");
+    EXPECT_FALSE(has_event("error", "refused transition"));
+  }
+}
+
 TEST_F(session_test, a_failed_create_fails_the_session_with_the_reason) {
   provider_->fail_create = make_error(errc::permission_denied, "quota exceeded");
   auto rec = launch();

@@ -366,6 +366,21 @@ TEST_F(sync_e2e, sync_bounds_come_from_the_settings_and_a_reload_changes_them) {
   EXPECT_NE(describe(down.error()).find("sync.max_file_bytes"), std::string::npos)
     << describe(down.error());
   EXPECT_EQ(tree_of(wt_), before);
+
+  // A typo keeps the bound as it was, and says so.
+  write_file(settings, R"({"sync": {"max_file_bytes": "lots"}})");
+  report = engine_->reload();
+  ASSERT_EQ(report.problems.size(), 2u);
+  EXPECT_NE(report.problems[0].find("sync.max_file_bytes: expected an integer"),
+            std::string::npos)
+    << report.problems[0];
+  EXPECT_NE(report.problems[1].find("sync bounds are kept"), std::string::npos)
+    << report.problems[1];
+  down = engine_->sync_down({live.id, sync_down_mode::apply, {}});
+  ASSERT_FALSE(down);
+  EXPECT_NE(describe(down.error()).find("sync.max_file_bytes"), std::string::npos)
+    << describe(down.error());
+  EXPECT_EQ(tree_of(wt_), before);
 }
 
 } // namespace

@@ -65,6 +65,20 @@ TEST(agent_script, the_agent_gets_its_secrets_and_the_file_is_gone_once_it_runs)
   sh(agent_stop_command(work));
 }
 
+// A reconnect hands the secrets again; an agent already started keeps what
+// it got, and no file of them is left on the VM.
+TEST(agent_script, secrets_handed_after_the_start_leave_no_file) {
+  test::temp_dir dir;
+  auto work = dir.path() + "/work";
+  auto state = agent_state_dir(work);
+  ASSERT_EQ(sh(agent_launch_command(work), "true\n"), 0);
+  ASSERT_TRUE(test::wait_until([&] { return exists(state + "/exit"); }, 10s));
+  ASSERT_EQ(sh(agent_env_command(work), agent_env_file({{"AGENT_KEY", "sk-ant-FAKE"}})), 0);
+  EXPECT_FALSE(exists(state + "/agent.env"));
+  EXPECT_FALSE(exists(state + "/agent.env.tmp"));
+  sh(agent_stop_command(work));
+}
+
 TEST(agent_script, env_names_are_checked) {
   EXPECT_TRUE(is_env_name("ANTHROPIC_API_KEY"));
   EXPECT_TRUE(is_env_name("_x1"));
