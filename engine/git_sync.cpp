@@ -1,7 +1,7 @@
 #include "engine/git_sync.hpp"
 
 #include <fcntl.h>
-#include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -383,24 +383,31 @@ namespace detail {
 
 // A directory made with mkdtemp, removed with its contents on every path
 // but one: a process killed outright (kill -9, a power cut) leaves it, in
-// the user's .git. So its name carries its maker's pid, and making one
-// sweeps the leftovers of its kind whose maker is gone.
+// the user's .git. So its maker holds a lock on a file in it for as long as
+// it lives (the kernel lets go of the lock when the process dies, whatever
+// its pid becomes later), and making one sweeps the leftovers of its kind
+// whose lock nobody holds.
 class scratch_dir {
 public:
   static caf::expected<std::unique_ptr<scratch_dir>> make(const std::string& parent,
                                                           const std::string& prefix) {
     sweep(parent, prefix);
-    std::string tmpl = parent + "/" + prefix + std::to_string(::getpid()) + "-XXXXXX";
+    std::string tmpl = parent + "/" + prefix + "XXXXXX";
     if (::mkdtemp(tmpl.data()) == nullptr)
       return from_errno(errno, "cannot create a temporary directory in " + parent);
-    return std::unique_ptr<scratch_dir>{new scratch_dir(tmpl)};
+    std::unique_ptr<scratch_dir> dir{new scratch_dir(tmpl)};
+    dir->lock_fd_ = ::open((tmpl + "/" + lock_name).c_str(),
+                           O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (dir->lock_fd_ < 0 || ::flock(dir->lock_fd_, LOCK_EX | LOCK_NB) != 0)
+      return from_errno(errno, "cannot lock the temporary directory " + tmpl);
+    return dir;
   }
 
-  // Removes `parent/<prefix>*` left by a process that no longer runs (or
-  // by an Aloft that did not name the pid). Only those untouched for an
-  // hour: a pid is only meaningful on this machine, and a repository on a
-  // shared file system may have a live maker elsewhere; an hour of litter
-  // costs nothing.
+  // Removes `parent/<prefix>*` whose lock is free (its maker is gone) or
+  // that has no lock file (an older Aloft's, or a maker killed before it
+  // made one). Only those untouched for an hour: a lock on a shared file
+  // system may not be seen from every machine; an hour of litter costs
+  // nothing.
   static void sweep(const std::string& parent, const std::string& prefix) {
     std::error_code ec;
     auto now = std::filesystem::file_time_type::clock::now();
@@ -409,27 +416,38 @@ public:
       auto name = it->path().filename().string();
       if (name.compare(0, prefix.size(), prefix) != 0 || !it->is_directory(ec))
         continue;
-      auto rest = name.substr(prefix.size());
-      auto dash = rest.find('-');
-      long pid = dash == std::string::npos ? 0 : std::strtol(rest.c_str(), nullptr, 10);
-      bool maker_gone = pid <= 0 || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH);
       auto age = now - it->last_write_time(ec);
-      if (!ec && maker_gone && age > std::chrono::hours{1})
+      if (ec || age < std::chrono::hours{1}) {
+        ec.clear();
+        continue;
+      }
+      auto lock = it->path().string() + "/" + lock_name;
+      int fd = ::open(lock.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+      bool gone = fd < 0 ? errno == ENOENT : ::flock(fd, LOCK_EX | LOCK_NB) == 0;
+      if (gone)
         std::filesystem::remove_all(it->path(), ec);
+      if (fd >= 0)
+        ::close(fd);
       ec.clear();
     }
   }
+
   ~scratch_dir() {
     std::error_code ec;
     std::filesystem::remove_all(path_, ec);
+    if (lock_fd_ >= 0)
+      ::close(lock_fd_);
   }
   scratch_dir(const scratch_dir&) = delete;
   scratch_dir& operator=(const scratch_dir&) = delete;
   const std::string& path() const { return path_; }
 
 private:
+  static constexpr const char* lock_name = "aloft.lock";
+
   explicit scratch_dir(std::string path) : path_(std::move(path)) {}
   std::string path_;
+  int lock_fd_ = -1;
 };
 
 struct repo_paths {

@@ -1,4 +1,6 @@
 // Snapshots of a local worktree: what they hold, what they leave alone.
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -96,29 +98,34 @@ TEST_F(git_sync_snapshot, works_without_commits_and_without_an_identity) {
 }
 
 // A process killed mid-snapshot leaves its scratch directory in .git; the
-// next snapshot removes it once its maker is gone and an hour has passed,
-// and leaves alone those of a live maker or too recent to judge.
+// next snapshot removes it once nobody holds its lock and an hour has
+// passed, and leaves alone those whose maker lives or too recent to judge.
 TEST_F(git_sync_snapshot, a_killed_snapshots_leftovers_are_swept_by_the_next) {
   make_repo(local, {{"a.txt", "a\n"}});
   auto git_dir = local + "/.git/";
-  // No pid can be this large (pid_max is at most 2^22).
-  auto dead_old = git_dir + "aloft-snapshot-999999999-abcdef";
-  auto dead_recent = git_dir + "aloft-snapshot-999999998-abcdef";
-  auto unnamed_old = git_dir + "aloft-snapshot-abcdef"; // an Aloft that named no pid
-  auto live_old = git_dir + "aloft-snapshot-" + std::to_string(::getpid()) + "-abcdef";
-  for (auto& d : {dead_old, dead_recent, unnamed_old, live_old}) {
+  auto abandoned = git_dir + "aloft-snapshot-aaaaaa";    // its maker was killed
+  auto without_lock = git_dir + "aloft-snapshot-bbbbbb"; // an older Aloft's
+  auto recent = git_dir + "aloft-snapshot-cccccc";       // abandoned, but just now
+  auto held = git_dir + "aloft-snapshot-dddddd";         // its maker still works
+  for (auto& d : {abandoned, without_lock, recent, held}) {
     fs::create_directories(d);
     write_file(d + "/index", "stale");
   }
+  for (auto& d : {abandoned, recent, held})
+    write_file(d + "/aloft.lock", "");
+  int fd = ::open((held + "/aloft.lock").c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX), 0);
   auto two_hours_ago = fs::file_time_type::clock::now() - std::chrono::hours{2};
-  for (auto& d : {dead_old, unnamed_old, live_old})
+  for (auto& d : {abandoned, without_lock, held})
     fs::last_write_time(d, two_hours_ago);
   auto snap = sync::snapshot_worktree(local, "", "");
+  ::close(fd);
   ASSERT_TRUE(snap) << describe(snap.error());
-  EXPECT_FALSE(fs::exists(dead_old));
-  EXPECT_FALSE(fs::exists(unnamed_old));
-  EXPECT_TRUE(fs::exists(dead_recent));
-  EXPECT_TRUE(fs::exists(live_old));
+  EXPECT_FALSE(fs::exists(abandoned));
+  EXPECT_FALSE(fs::exists(without_lock));
+  EXPECT_TRUE(fs::exists(recent));
+  EXPECT_TRUE(fs::exists(held));
   // Its own scratch directory is gone too.
   size_t left = 0;
   for (auto& e : fs::directory_iterator(git_dir))
