@@ -1,7 +1,7 @@
 // The session actor: one per VM session, the state machine of its VM's life.
 //
 //   pending -> provisioning -> booting -> running -> stopping -> destroyed
-//       \            \             \          \           \
+//       |            |             |          |           |
 //        +------------+-------------+----------+-----------+--> failed
 //                                   booting/running --> lost (VM gone)
 //
