@@ -279,6 +279,10 @@ TEST_F(session_test, a_destroy_during_a_create_that_times_out_leaves_no_vm) {
     run();
     EXPECT_EQ(stored(rec.id).state, st::destroyed) << stored(rec.id).reason;
     EXPECT_EQ(provider_->vm_count(), 0u) << (made_anyway ? "the late VM is left" : "");
+    bool answered = false;
+    destroyed.receive([&](done_atom) { answered = true; },
+                      [&](caf::error& err) { ADD_FAILURE() << describe(err); });
+    EXPECT_TRUE(answered) << "the destroy request got no answer";
     EXPECT_FALSE(has_event("error", "refused transition"));
   }
 }
