@@ -47,13 +47,16 @@ TEST(fly_init, the_deadline_the_engine_writes_wins) {
   test::temp_dir dir;
   auto work = dir.path() + "/work";
   auto past = std::time(nullptr) - 1;
-  auto write = run_process({{"/bin/sh", "-c", agent_deadline_command(work, past)}});
+  process_spec write_deadline;
+  write_deadline.argv = {"/bin/sh", "-c", agent_deadline_command(work, past)};
+  auto write = run_process(write_deadline);
   ASSERT_TRUE(write && write->exit_code == 0);
   // Created with a deadline an hour away, moved to now: it ends.
   EXPECT_EQ(run_init(work, std::time(nullptr) + 3600, 5), 0);
   // Created with a passed deadline, extended an hour: it goes on.
-  auto later = run_process(
-    {{"/bin/sh", "-c", agent_deadline_command(work, std::time(nullptr) + 3600)}});
+  process_spec extend;
+  extend.argv = {"/bin/sh", "-c", agent_deadline_command(work, std::time(nullptr) + 3600)};
+  auto later = run_process(extend);
   ASSERT_TRUE(later && later->exit_code == 0);
   EXPECT_EQ(run_init(work, past, 1), 124);
 }
