@@ -27,11 +27,6 @@ std::string slurp(const std::string& path) {
   return ss.str();
 }
 
-bool exists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0;
-}
-
 class accounts_engine_test : public ::testing::Test {
 protected:
   void SetUp() override {
@@ -158,8 +153,9 @@ TEST_F(accounts_engine_test, reload_applies_what_loads_and_keeps_what_does_not) 
   EXPECT_EQ(r.changed, std::vector<std::string>{"dev"});
   bool fly_kept = false;
   for (auto& v : engine_->accounts()) {
-    if (v.account.name == "dev")
+    if (v.account.name == "dev") {
       EXPECT_EQ(v.account.guards.idle_timeout_s, 42);
+    }
     if (v.account.name == "fly-a") {
       fly_kept = true;
       EXPECT_EQ(v.account.options.at("ip_mode"), "ipv6");

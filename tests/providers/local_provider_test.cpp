@@ -58,9 +58,10 @@ protected:
   void TearDown() override {
     // Whatever a test left behind is destroyed, so no sshd outlives it.
     auto all = list(installation_);
-    if (all)
+    if (all) {
       for (auto& vm : *all)
         EXPECT_FALSE(destroy(vm.vm_id));
+    }
     EXPECT_TRUE(test::processes_matching(tmp_.path()).empty());
   }
 
