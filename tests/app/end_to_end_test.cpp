@@ -223,6 +223,71 @@ TEST(end_to_end, attach_types_into_the_agent_terminal_and_detach_leaves_it_runni
   daemon = -1;
 }
 
+// Two terminals attached at once (a laptop and a desktop): both see what the
+// agent prints, either can type, and one detaching leaves the other working.
+TEST(end_to_end, two_terminals_attach_at_once_and_one_detaching_leaves_the_other) {
+  test::temp_dir home;
+  test::temp_dir wt;
+  pid_t daemon = start_daemon(home.path());
+  reaper cleanup{home.path(), &daemon};
+  auto id = launch(home.path(), "while read l; do echo got:$l; done", wt.path(), "600");
+  ASSERT_TRUE(eventually([&] { return state_of(home.path(), id) == "running"; }, 30s));
+  struct terminal {
+    pid_t pid = -1;
+    int master = -1;
+    std::string seen;
+  };
+  auto attach = [&](terminal& t) {
+    winsize ws{40, 120, 0, 0};
+    t.pid = ::forkpty(&t.master, nullptr, nullptr, &ws);
+    if (t.pid == 0) {
+      ::execl(aloft_bin.c_str(), aloft_bin.c_str(), "--home", home.path().c_str(), "attach",
+              id.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+  };
+  auto detach = [&](terminal& t) {
+    // The prefix and the key apart, as a person types them (see above).
+    read_until(t.master, "\x01never", t.seen, 300ms);
+    ::write(t.master, "\x02", 1);
+    read_until(t.master, "\x01never", t.seen, 300ms);
+    ::write(t.master, "d", 1);
+    int status = 0;
+    bool ended = eventually([&] {
+      read_until(t.master, "\x01never", t.seen, 10ms);
+      return ::waitpid(t.pid, &status, WNOHANG) == t.pid;
+    }, 20s);
+    ::close(t.master);
+    return ended;
+  };
+  terminal laptop, desktop;
+  attach(laptop);
+  ASSERT_GT(laptop.pid, 0);
+  ASSERT_TRUE(read_until(laptop.master, "[aloft]", laptop.seen, 30s)) << laptop.seen;
+  attach(desktop);
+  ASSERT_GT(desktop.pid, 0);
+  ASSERT_TRUE(read_until(desktop.master, "[aloft]", desktop.seen, 30s)) << desktop.seen;
+  // Typed on one, seen on both.
+  ASSERT_TRUE(eventually([&] {
+    ::write(laptop.master, "ping\r", 5);
+    return read_until(laptop.master, "got:ping", laptop.seen, 1000ms);
+  }, 30s)) << laptop.seen;
+  EXPECT_TRUE(read_until(desktop.master, "got:ping", desktop.seen, 10s)) << desktop.seen;
+  ASSERT_TRUE(detach(laptop)) << laptop.seen;
+  // The other terminal goes on.
+  EXPECT_TRUE(eventually([&] {
+    ::write(desktop.master, "pong\r", 5);
+    return read_until(desktop.master, "got:pong", desktop.seen, 1000ms);
+  }, 30s)) << desktop.seen;
+  ASSERT_TRUE(detach(desktop)) << desktop.seen;
+  auto rec = show(home.path(), id);
+  EXPECT_EQ(rec.get_string("agent_status"), "running");
+  EXPECT_EQ(cli(home.path(), {"destroy", id}).empty(), false);
+  ASSERT_TRUE(eventually([&] { return state_of(home.path(), id) == "destroyed"; }, 30s));
+  stop_daemon(daemon, SIGTERM);
+  daemon = -1;
+}
+
 TEST(end_to_end, a_corrupt_record_is_quarantined_and_the_others_load) {
   test::temp_dir home;
   session_record good;
