@@ -173,6 +173,53 @@ bool read_until(int fd, const std::string& needle, std::string& seen,
   return true;
 }
 
+// `aloft attach ID` running in a pseudo-terminal of its own.
+struct attached_terminal {
+  pid_t pid = -1;
+  int master = -1;
+  std::string seen; // everything read from the terminal so far
+};
+
+attached_terminal attach_in_pty(const std::string& home, const std::string& id) {
+  attached_terminal t;
+  winsize ws{40, 120, 0, 0};
+  t.pid = ::forkpty(&t.master, nullptr, nullptr, &ws);
+  if (t.pid == 0) {
+    ::execl(aloft_bin.c_str(), aloft_bin.c_str(), "--home", home.c_str(), "attach", id.c_str(),
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return t;
+}
+
+// Types `line` until the agent's answer to it shows on `t`.
+bool type_until_answered(attached_terminal& t, const std::string& line) {
+  return eventually([&] {
+    auto typed = line + "\r";
+    ::write(t.master, typed.data(), typed.size());
+    return read_until(t.master, "got:" + line, t.seen, 1000ms);
+  }, 30s);
+}
+
+// Detaches with tmux's prefix and `d`; whether the CLI ended.
+bool detach(attached_terminal& t) {
+  // tmux takes keys that arrive within a millisecond of each other for a
+  // paste and runs no binding: send the prefix and the key apart, as a person
+  // types them.
+  read_until(t.master, "\x01never", t.seen, 300ms);
+  ::write(t.master, "\x02", 1);
+  read_until(t.master, "\x01never", t.seen, 300ms);
+  ::write(t.master, "d", 1);
+  int status = 0;
+  // Keep draining the terminal: a client blocked on a full pty cannot exit.
+  bool ended = eventually([&] {
+    read_until(t.master, "\x01never", t.seen, 10ms);
+    return ::waitpid(t.pid, &status, WNOHANG) == t.pid;
+  }, 20s);
+  ::close(t.master);
+  return ended;
+}
+
 TEST(end_to_end, attach_types_into_the_agent_terminal_and_detach_leaves_it_running) {
   test::temp_dir home;
   test::temp_dir wt;
@@ -180,39 +227,14 @@ TEST(end_to_end, attach_types_into_the_agent_terminal_and_detach_leaves_it_runni
   reaper cleanup{home.path(), &daemon};
   auto id = launch(home.path(), "while read l; do echo got:$l; done", wt.path(), "600");
   ASSERT_TRUE(eventually([&] { return state_of(home.path(), id) == "running"; }, 30s));
-  int master = -1;
-  winsize ws{40, 120, 0, 0};
-  auto pid = ::forkpty(&master, nullptr, nullptr, &ws);
-  if (pid == 0) {
-    ::execl(aloft_bin.c_str(), aloft_bin.c_str(), "--home", home.path().c_str(), "attach",
-            id.c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  ASSERT_GT(pid, 0);
-  std::string seen;
+  auto t = attach_in_pty(home.path(), id);
+  ASSERT_GT(t.pid, 0);
   // Type only once tmux has drawn its status line: before that the local
   // terminal is still in cooked mode and would swallow the detach key.
-  ASSERT_TRUE(read_until(master, "[aloft]", seen, 30s)) << seen;
-  ASSERT_TRUE(eventually([&] {
-    ::write(master, "ping\r", 5);
-    return read_until(master, "got:ping", seen, 1000ms);
-  }, 30s)) << seen;
-  // Detach with tmux's prefix and `d`: the CLI ends, the agent goes on.
-  // tmux takes keys that arrive within a millisecond of each other for a
-  // paste and runs no binding: send the prefix and the key apart, as a person
-  // types them.
-  read_until(master, "\x01never", seen, 300ms);
-  ::write(master, "\x02", 1);
-  read_until(master, "\x01never", seen, 300ms);
-  ::write(master, "d", 1);
-  int status = 0;
-  // Keep draining the terminal: a client blocked on a full pty cannot exit.
-  std::string after;
-  ASSERT_TRUE(eventually([&] {
-    read_until(master, "\x01never", after, 10ms);
-    return ::waitpid(pid, &status, WNOHANG) == pid;
-  }, 20s)) << after;
-  ::close(master);
+  ASSERT_TRUE(read_until(t.master, "[aloft]", t.seen, 30s)) << t.seen;
+  ASSERT_TRUE(type_until_answered(t, "ping")) << t.seen;
+  // Detaching ends the CLI; the agent goes on.
+  ASSERT_TRUE(detach(t)) << t.seen;
   auto rec = show(home.path(), id);
   EXPECT_EQ(rec.get_string("state"), "running");
   EXPECT_EQ(rec.get_string("agent_status"), "running");
@@ -232,53 +254,18 @@ TEST(end_to_end, two_terminals_attach_at_once_and_one_detaching_leaves_the_other
   reaper cleanup{home.path(), &daemon};
   auto id = launch(home.path(), "while read l; do echo got:$l; done", wt.path(), "600");
   ASSERT_TRUE(eventually([&] { return state_of(home.path(), id) == "running"; }, 30s));
-  struct terminal {
-    pid_t pid = -1;
-    int master = -1;
-    std::string seen;
-  };
-  auto attach = [&](terminal& t) {
-    winsize ws{40, 120, 0, 0};
-    t.pid = ::forkpty(&t.master, nullptr, nullptr, &ws);
-    if (t.pid == 0) {
-      ::execl(aloft_bin.c_str(), aloft_bin.c_str(), "--home", home.path().c_str(), "attach",
-              id.c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-  };
-  auto detach = [&](terminal& t) {
-    // The prefix and the key apart, as a person types them (see above).
-    read_until(t.master, "\x01never", t.seen, 300ms);
-    ::write(t.master, "\x02", 1);
-    read_until(t.master, "\x01never", t.seen, 300ms);
-    ::write(t.master, "d", 1);
-    int status = 0;
-    bool ended = eventually([&] {
-      read_until(t.master, "\x01never", t.seen, 10ms);
-      return ::waitpid(t.pid, &status, WNOHANG) == t.pid;
-    }, 20s);
-    ::close(t.master);
-    return ended;
-  };
-  terminal laptop, desktop;
-  attach(laptop);
+  auto laptop = attach_in_pty(home.path(), id);
   ASSERT_GT(laptop.pid, 0);
   ASSERT_TRUE(read_until(laptop.master, "[aloft]", laptop.seen, 30s)) << laptop.seen;
-  attach(desktop);
+  auto desktop = attach_in_pty(home.path(), id);
   ASSERT_GT(desktop.pid, 0);
   ASSERT_TRUE(read_until(desktop.master, "[aloft]", desktop.seen, 30s)) << desktop.seen;
   // Typed on one, seen on both.
-  ASSERT_TRUE(eventually([&] {
-    ::write(laptop.master, "ping\r", 5);
-    return read_until(laptop.master, "got:ping", laptop.seen, 1000ms);
-  }, 30s)) << laptop.seen;
+  ASSERT_TRUE(type_until_answered(laptop, "ping")) << laptop.seen;
   EXPECT_TRUE(read_until(desktop.master, "got:ping", desktop.seen, 10s)) << desktop.seen;
   ASSERT_TRUE(detach(laptop)) << laptop.seen;
   // The other terminal goes on.
-  EXPECT_TRUE(eventually([&] {
-    ::write(desktop.master, "pong\r", 5);
-    return read_until(desktop.master, "got:pong", desktop.seen, 1000ms);
-  }, 30s)) << desktop.seen;
+  EXPECT_TRUE(type_until_answered(desktop, "pong")) << desktop.seen;
   ASSERT_TRUE(detach(desktop)) << desktop.seen;
   auto rec = show(home.path(), id);
   EXPECT_EQ(rec.get_string("agent_status"), "running");
