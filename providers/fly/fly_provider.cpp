@@ -209,32 +209,31 @@ public:
   }
 
   void wait_ready(const std::string& vm_id, callback<vm_info> done) override {
-    if (!is_safe_id(vm_id)) {
-      done(make_error(errc::invalid_argument, "not a Fly machine id: " + vm_id));
-      return;
-    }
-    auto self = shared_from_this();
-    ensure_app([self, vm_id, done](caf::error err) {
-      if (err) {
-        done(std::move(err));
-        return;
-      }
-      self->wait_started(vm_id, steady::now() + self->opts_.boot_timeout, std::move(done));
+    on_machine(vm_id, std::move(done), [vm_id](fly_provider& self, callback<vm_info> done) {
+      self.wait_started(vm_id, steady::now() + self.opts_.boot_timeout, std::move(done));
     });
   }
 
   void get(const std::string& vm_id, callback<vm_info> done) override {
+    on_machine(vm_id, std::move(done), [vm_id](fly_provider& self, callback<vm_info> done) {
+      self.get_machine(vm_id, std::move(done));
+    });
+  }
+
+  // Runs `then` once the machine id is known to be safe in a URL and the app
+  // exists; otherwise answers `done` with why not.
+  void on_machine(const std::string& vm_id, callback<vm_info> done,
+                  std::function<void(fly_provider&, callback<vm_info>)> then) {
     if (!is_safe_id(vm_id)) {
       done(make_error(errc::invalid_argument, "not a Fly machine id: " + vm_id));
       return;
     }
     auto self = shared_from_this();
-    ensure_app([self, vm_id, done](caf::error err) {
-      if (err) {
+    ensure_app([self, done, then](caf::error err) {
+      if (err)
         done(std::move(err));
-        return;
-      }
-      self->get_machine(vm_id, std::move(done));
+      else
+        then(*self, done);
     });
   }
 

@@ -124,6 +124,7 @@ struct http_loop::impl {
   int poll_timeout_ms(steady::time_point now) const;
   void cancel_everything();
   void cancel(call_ptr c);
+  void cancel_queued();
   caf::error describe_failure(const call& c, const caf::error& err) const;
 
   const http_loop_options opts;
@@ -215,19 +216,7 @@ void http_loop::shutdown() {
 http_loop::impl::~impl() {
   // A send from another thread that raced with the loop's last look at the
   // queue is answered here.
-  for (;;) {
-    std::vector<call_ptr> late;
-    std::vector<queued_timer> dropped; // destroyed unlocked: they may own anything
-    {
-      std::lock_guard<std::mutex> guard{mtx};
-      late.swap(queue);
-      dropped.swap(queued_timers);
-    }
-    if (late.empty() && dropped.empty())
-      break;
-    for (auto& c : late)
-      cancel(std::move(c));
-  }
+  cancel_queued();
   if (multi != nullptr)
     curl_multi_cleanup(multi);
 }
@@ -525,6 +514,24 @@ void http_loop::impl::cancel(call_ptr c) {
   deliver(std::move(c), std::move(err));
 }
 
+// Cancels the calls queued by other threads and drops queued timers, until
+// none are left: a cancelled call's callback may send again.
+void http_loop::impl::cancel_queued() {
+  for (;;) {
+    std::vector<call_ptr> queued;
+    std::vector<queued_timer> dropped; // destroyed unlocked: they may own anything
+    {
+      std::lock_guard<std::mutex> guard{mtx};
+      queued.swap(queue);
+      dropped.swap(queued_timers);
+    }
+    if (queued.empty() && dropped.empty())
+      break;
+    for (auto& c : queued)
+      cancel(std::move(c));
+  }
+}
+
 void http_loop::impl::cancel_everything() {
   std::vector<call_ptr> pending;
   for (auto& [easy, c] : running) {
@@ -541,20 +548,7 @@ void http_loop::impl::cancel_everything() {
   for (auto& c : pending)
     cancel(std::move(c));
   waiting.clear(); // the callers' `after` functions, dropped unrun
-  // Callbacks may send again: those calls are queued, and cancelled too.
-  for (;;) {
-    std::vector<call_ptr> queued;
-    std::vector<queued_timer> dropped; // destroyed unlocked: they may own anything
-    {
-      std::lock_guard<std::mutex> guard{mtx};
-      queued.swap(queue);
-      dropped.swap(queued_timers);
-    }
-    if (queued.empty() && dropped.empty())
-      break;
-    for (auto& c : queued)
-      cancel(std::move(c));
-  }
+  cancel_queued();
 }
 
 } // namespace aloft
