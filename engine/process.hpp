@@ -53,6 +53,12 @@ struct process_result {
 /// started or waited for (errno converted, naming the program).
 caf::expected<process_result> run_process(const process_spec& spec);
 
+/// In a child between fork and exec: every signal back to its default
+/// disposition and none blocked, as a fresh process starts (a daemon that
+/// inherited our ignored SIGPIPE or blocked signals would misbehave).
+/// Async-signal-safe.
+void reset_signals_in_child();
+
 /// This process's environment minus the variables whose names start with one
 /// of `prefixes`, as "NAME=value" strings.
 std::vector<std::string> environment_without(const std::vector<std::string>& prefixes);

@@ -26,6 +26,7 @@
 #include <thread>
 
 #include "engine/base/error.hpp"
+#include "engine/process.hpp"
 #include "engine/base/files.hpp"
 #include "engine/base/ids.hpp"
 #include "engine/base/json.hpp"
@@ -329,13 +330,7 @@ caf::expected<pid_t> spawn_sshd(const std::string& sshd_path, const sandbox& sb)
       ::dup2(devnull, 1);
       ::dup2(devnull, 2);
       ::close_range(3, ~0u, 0);
-      struct sigaction dfl{};
-      dfl.sa_handler = SIG_DFL;
-      for (int sig = 1; sig < NSIG; ++sig)
-        ::sigaction(sig, &dfl, nullptr);
-      sigset_t none;
-      sigemptyset(&none);
-      ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      reset_signals_in_child();
       if (::chdir("/") != 0)
         ::_exit(126);
       ::execve(sshd_path.c_str(), argv.data(), envp);

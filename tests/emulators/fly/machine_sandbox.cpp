@@ -11,6 +11,7 @@
 
 #include "engine/base/base64.hpp"
 #include "engine/base/error.hpp"
+#include "engine/process.hpp"
 #include "engine/base/files.hpp"
 #include "engine/executor.hpp"
 #include "engine/keys.hpp"
@@ -134,13 +135,7 @@ caf::expected<pid_t> spawn_init(const std::string& program,
     ::dup2(log_fd, 1);
     ::dup2(log_fd, 2);
     ::close_range(3, ~0u, 0);
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; ++sig)
-      ::sigaction(sig, &dfl, nullptr);
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    reset_signals_in_child();
     if (::chdir(cwd.c_str()) != 0)
       ::_exit(126);
     ::execve(program.c_str(), argv.data(), envp.data());
