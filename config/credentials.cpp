@@ -27,6 +27,7 @@
 #include "engine/base/files.hpp"
 #include "engine/base/json.hpp"
 #include "engine/base/redact.hpp"
+#include "engine/base/text.hpp"
 
 extern char** environ;
 
@@ -84,12 +85,6 @@ std::string env_spelling(const std::string& name) {
   for (auto& c : out)
     c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   return out;
-}
-
-std::string lower(std::string s) {
-  for (auto& c : s)
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
 }
 
 // -- file store ---------------------------------------------------------------
@@ -273,7 +268,7 @@ public:
       auto value = entry.substr(eq + 1);
       // An empty variable is how CI spells a secret it does not have.
       if (!key.empty() && !value.empty())
-        secrets[lower(std::string{key})] = std::string{value};
+        secrets[ascii_lower(key)] = std::string{value};
     }
     if (secrets.empty())
       return make_error(errc::not_found, "no secrets for account " + account
@@ -315,7 +310,7 @@ public:
       if (sep == 0 || sep == std::string_view::npos || sep + 1 == rest.size()
           || eq + 1 == entry.size())
         continue;
-      names.insert(lower(std::string{rest.substr(0, sep)}));
+      names.insert(ascii_lower(rest.substr(0, sep)));
     }
     return {names.begin(), names.end()};
   }

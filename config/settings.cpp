@@ -19,6 +19,7 @@
 
 #include "engine/base/error.hpp"
 #include "engine/base/files.hpp"
+#include "engine/base/text.hpp"
 
 namespace aloft {
 
@@ -747,16 +748,6 @@ private:
     }
   }
 
-  static int hex_value(char c) {
-    if (c >= '0' && c <= '9')
-      return c - '0';
-    if (c >= 'a' && c <= 'f')
-      return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-      return c - 'A' + 10;
-    return -1;
-  }
-
   bool hex4(const std::string& path, uint32_t& out) {
     out = 0;
     for (int i = 0; i < 4; ++i, ++pos_) {
@@ -1472,9 +1463,7 @@ std::string settings_problem::describe() const {
 }
 
 bool named_like_secret(std::string_view key) {
-  std::string lower;
-  for (char c : key)
-    lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  auto lower = ascii_lower(key);
   for (std::string_view word : {"token", "secret", "password", "passwd", "api_key",
                                 "apikey", "private_key", "credential"})
     if (lower.find(word) != std::string::npos)

@@ -3,6 +3,7 @@
 #include <mutex>
 
 #include "engine/base/error.hpp"
+#include "engine/base/text.hpp"
 
 namespace aloft::http_detail {
 
@@ -11,9 +12,6 @@ namespace {
 /// Headers beyond this total are refused like an oversized body.
 constexpr size_t max_header_bytes = 256 * 1024;
 
-char lower(char c) {
-  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
 
 bool is_token_char(char c) {
   // RFC 9110 tchar.
@@ -35,15 +33,6 @@ std::once_flag curl_once;
 CURLcode curl_init_result = CURLE_OK;
 
 } // namespace
-
-bool iequals(std::string_view x, std::string_view y) {
-  if (x.size() != y.size())
-    return false;
-  for (size_t i = 0; i < x.size(); ++i)
-    if (lower(x[i]) != lower(y[i]))
-      return false;
-  return true;
-}
 
 std::string_view trim(std::string_view s) {
   auto space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };

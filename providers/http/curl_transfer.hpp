@@ -23,9 +23,6 @@
 
 namespace aloft::http_detail {
 
-/// ASCII case-insensitive equality (header names).
-bool iequals(std::string_view x, std::string_view y);
-
 /// `s` without leading and trailing spaces, tabs and line breaks.
 std::string_view trim(std::string_view s);
 

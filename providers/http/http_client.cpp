@@ -5,13 +5,13 @@
 
 #include "engine/base/error.hpp"
 #include "engine/base/json.hpp"
+#include "engine/base/text.hpp"
 #include "providers/http/curl_transfer.hpp"
 
 namespace aloft {
 
 namespace {
 
-using http_detail::iequals;
 using http_detail::trim;
 
 /// A plain-text (non-JSON) error body longer than this is not quoted.

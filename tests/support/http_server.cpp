@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "engine/base/json.hpp"
+#include "engine/base/text.hpp"
 
 namespace aloft::test {
 
@@ -24,18 +25,6 @@ constexpr size_t max_head_bytes = 64 * 1024;
 /// Larger bodies are answered 413 (the emulators will take tarballs).
 constexpr size_t max_body_bytes = size_t{64} << 20;
 
-char lower(char c) {
-  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
-bool iequals(std::string_view x, std::string_view y) {
-  if (x.size() != y.size())
-    return false;
-  for (size_t i = 0; i < x.size(); ++i)
-    if (lower(x[i]) != lower(y[i]))
-      return false;
-  return true;
-}
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
@@ -43,15 +32,6 @@ std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
     s.remove_suffix(1);
   return s;
-}
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  c = lower(c);
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  return -1;
 }
 
 const char* reason_phrase(int status) {
