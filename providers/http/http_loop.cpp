@@ -198,19 +198,8 @@ void http_loop::shutdown() {
   }
   // What was sent since is answered now: callbacks own the callers'
   // references (to a provider that owns this loop), so nothing may wait.
-  for (;;) {
-    std::vector<call_ptr> late;
-    std::vector<queued_timer> dropped;
-    {
-      std::lock_guard<std::mutex> guard{d.mtx};
-      late.swap(d.queue);
-      dropped.swap(d.queued_timers);
-    }
-    if (late.empty() && dropped.empty())
-      break;
-    for (auto& c : late)
-      d.deliver(std::move(c), make_error(errc::cancelled, "the HTTP loop has shut down"));
-  }
+  // Sends from now on see `closed` under the same lock and answer at once.
+  d.cancel_queued();
 }
 
 http_loop::impl::~impl() {
@@ -228,15 +217,6 @@ void http_loop::send(http_request req, http_call_options opts, done_fn done) {
   c->done = std::move(done);
   auto& d = *impl_;
   ++d.in_flight;
-  bool stopped = false;
-  {
-    std::lock_guard<std::mutex> guard{d.mtx};
-    stopped = d.closed;
-  }
-  if (stopped) {
-    d.deliver(std::move(c), make_error(errc::cancelled, "the HTTP loop has shut down"));
-    return;
-  }
   if (d.multi == nullptr) {
     // No loop could be made: nothing will ever run the call.
     auto err =
@@ -246,8 +226,16 @@ void http_loop::send(http_request req, http_call_options opts, done_fn done) {
     return;
   }
   {
+    // Checked and queued under one lock: `shutdown` sets `closed` and then
+    // drains the queue, so a call is either drained or refused here, never
+    // left between the two.
     std::lock_guard<std::mutex> guard{d.mtx};
-    d.queue.push_back(std::move(c));
+    if (!d.closed)
+      d.queue.push_back(std::move(c)); // leaves `c` empty
+  }
+  if (c) {
+    d.deliver(std::move(c), make_error(errc::cancelled, "the HTTP loop has shut down"));
+    return;
   }
   curl_multi_wakeup(d.multi);
 }
