@@ -959,20 +959,19 @@ private:
     auto up = rec_.synced_up;
     auto last = rec_.synced_down.empty() ? rec_.synced_up : rec_.synced_down;
     env_->blocking->post([self_handle, worktree, up, last, st, trees, done]() mutable {
-      std::vector<std::string> notes;
-      auto repo = sync::check_worktree(worktree, notes);
+      // The snapshot checks the worktree itself: a failed check is its error.
       sync_state local;
-      std::string up_tree, last_tree;
-      if (!repo) {
-        local.local_note = message_of(repo.error());
+      std::string last_tree;
+      auto snap = sync::snapshot_worktree(worktree, "", "aloft: status");
+      if (!snap) {
+        local.local_note = message_of(snap.error());
       } else {
-        auto snap = sync::snapshot_worktree(worktree, "", "aloft: status");
-        auto t_up = sync::tree_of(*repo, up);
-        auto t_last = sync::tree_of(*repo, last);
-        if (snap && t_up)
+        auto t_up = sync::tree_of(snap->top, up);
+        auto t_last = sync::tree_of(snap->top, last);
+        if (t_up)
           local.local_changed = snap->tree != *t_up ? 1 : 0;
         else
-          local.local_note = describe(snap ? t_up.error() : snap.error());
+          local.local_note = describe(t_up.error());
         if (t_last)
           last_tree = *t_last;
       }
