@@ -1397,7 +1397,7 @@ std::vector<std::string> parents_of(const std::string& body) {
   return parents;
 }
 
-// validate_untrusted_tree in a located repository; `known_parents`, when
+// The checks of receive_untrusted_pack in a located repository; `known_parents`, when
 // set, are the commit's parents as already read.
 caf::error validate_tree(const repo_paths& paths, const std::string& commit,
                          const std::string& object_dir, const limits& lim,
@@ -1492,21 +1492,6 @@ caf::error validate_tree(const repo_paths& paths, const std::string& commit,
 }
 
 } // namespace
-
-caf::error validate_untrusted_tree(const std::string& repo, const std::string& commit,
-                                   const std::string& object_dir, const limits& lim) {
-  if (auto err = check_oid(commit, "validate"))
-    return err;
-  repo_paths paths;
-  if (!object_dir.empty()) {
-    auto located = locate_repo(repo);
-    if (!located)
-      return located.error();
-    paths = std::move(*located);
-  }
-  paths.top = repo;
-  return validate_tree(paths, commit, object_dir, lim, nullptr);
-}
 
 caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack,
                                   const std::string& commit, const std::string& base,

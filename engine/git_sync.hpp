@@ -15,7 +15,7 @@
 //
 // Everything that comes back from a VM is untrusted: a received pack is
 // indexed into a quarantine object directory and checked
-// (`validate_untrusted_tree`) before any of it enters the repository, and
+// (`receive_untrusted_pack`) before any of it enters the repository, and
 // nothing from the VM (hooks, config) is ever run or honoured.
 //
 // All functions block (processes, files): call them from an executor, never
@@ -123,10 +123,20 @@ caf::expected<indexed_pack> make_indexed_pack(const std::string& repo,
                                               const std::string& want);
 
 /// Indexes an untrusted pack into a quarantine object directory, checks the
-/// tree of `commit` there (validate_untrusted_tree, with `base` the commit
-/// the VM's changes are relative to), and only then moves the objects into
-/// the repository. Errors name the offending path; on error nothing enters
-/// the repository.
+/// tree of `commit` there, and only then moves the objects into the
+/// repository. On error nothing enters the repository.
+///
+/// The check rejects paths with `..` or absolute paths, any `.git` component
+/// (including the case and alias variants git refuses: `.GIT`, `.git.`,
+/// `git~1`, NTFS streams, HFS ignorables), gitlinks, symlinks pointing
+/// outside the worktree, files under a symlinked directory (writes through a
+/// symlink), and trees or blobs over the bounds. The rules and bounds judge
+/// what the VM added or changed: entries identical to `base` (the snapshot
+/// the VM's changes are relative to) came from the user and serve only as
+/// context (a user's own symlink to /opt is fine; a new path through it is
+/// not). Errors name the path: permission_denied for a refused path,
+/// failed_precondition for a bound (naming its `sync.` key), data_loss for
+/// missing or malformed objects.
 caf::error receive_untrusted_pack(const std::string& repo, std::string_view pack,
                                   const std::string& commit, const std::string& base,
                                   const limits& lim);
@@ -140,33 +150,18 @@ struct tree_entry {
   std::string path;
 };
 
-/// The path rules of validate_untrusted_tree for one path: not empty, not
+/// The path rules of receive_untrusted_pack for one path: not empty, not
 /// absolute, no empty, `.` or `..` component, no component git treats as
 /// `.git` on any platform. The error (permission_denied) names the path and
 /// the rule. Pure.
 caf::error check_untrusted_path(std::string_view path);
 
-/// All rules of validate_untrusted_tree over listed entries, with
+/// All rules of receive_untrusted_pack over listed entries, with
 /// `symlink_targets` mapping each symlink's path to its target. Pure.
 caf::error
 check_untrusted_entries(const std::vector<tree_entry>& entries,
                         const std::map<std::string, std::string>& symlink_targets,
                         const limits& lim);
-
-/// Rejects paths with `..` or absolute paths, any `.git` component
-/// (including the case and alias variants git refuses: `.GIT`, `.git.`,
-/// `git~1`, NTFS streams, HFS ignorables), gitlinks, symlinks pointing
-/// outside the worktree, files under a symlinked directory (writes through a
-/// symlink), and trees or blobs over the limits. `object_dir` is where the
-/// objects are (quarantine), empty for the repository's own. The rules and
-/// size limits judge what the VM added or changed: entries identical to the
-/// commit's parent (when that is a commit of the repository itself, i.e. the
-/// synced-up snapshot) came from the user and serve only as context (a
-/// user's own symlink to /opt is fine; a new path through it is not). Errors:
-/// permission_denied for a refused path, resource_exhausted for a limit
-/// (naming the setting), data_loss for missing or malformed objects.
-caf::error validate_untrusted_tree(const std::string& repo, const std::string& commit,
-                                   const std::string& object_dir, const limits& lim);
 
 enum class apply_mode { apply, branch, dry_run };
 
