@@ -640,14 +640,11 @@ public:
     }
     default_account_ = pick_default(load.value);
     profiles_ = load.value.profiles;
-    // A bound that does not load keeps the value it had, as a broken
-    // account keeps its definition: a typo must not reset a bound raised
-    // on purpose.
-    bool sync_problem = std::any_of(load.problems.begin(), load.problems.end(),
-                                    [](const settings_problem& p) {
-                                      return p.path == "sync" || p.path.rfind("sync.", 0) == 0;
-                                    });
-    if (sync_problem)
+    // The bounds keep the values they had while the file has any problem,
+    // as a broken account keeps its definition: a typo must not reset a
+    // bound raised on purpose (a syntax error anywhere stops the parse
+    // before `sync` is read).
+    if (!load.problems.empty())
       report.problems.push_back("the sync bounds are kept as they were until settings.json "
                                 "loads cleanly");
     else

@@ -381,6 +381,18 @@ TEST_F(sync_e2e, sync_bounds_come_from_the_settings_and_a_reload_changes_them) {
   EXPECT_NE(describe(down.error()).find("sync.max_file_bytes"), std::string::npos)
     << describe(down.error());
   EXPECT_EQ(tree_of(wt_), before);
+
+  // So does a syntax error elsewhere, which stops the parse before `sync`.
+  write_file(settings, R"({"accounts": [,], "sync": {"max_file_bytes": 100000}})");
+  report = engine_->reload();
+  ASSERT_FALSE(report.problems.empty());
+  EXPECT_NE(report.problems.back().find("sync bounds are kept"), std::string::npos)
+    << report.problems.back();
+  down = engine_->sync_down({live.id, sync_down_mode::apply, {}});
+  ASSERT_FALSE(down);
+  EXPECT_NE(describe(down.error()).find("sync.max_file_bytes"), std::string::npos)
+    << describe(down.error());
+  EXPECT_EQ(tree_of(wt_), before);
 }
 
 } // namespace
