@@ -322,6 +322,22 @@ std::string check_id(std::string_view v) {
   return ok ? "" : "a name or id (letters, digits, '_', '-' and '.')";
 }
 
+std::string check_image(std::string_view v) {
+  bool ok = !v.empty() && v.size() <= 256
+            && all_chars(v, [](char c) { return c > ' ' && c != 0x7f; });
+  return ok ? "" : "an image reference (e.g. debian:bookworm-slim), without spaces";
+}
+
+// Fly sizes memory in steps of 256 MB.
+std::string check_memory_mb(std::string_view v) {
+  bool digits = !v.empty() && v.size() <= 6 && all_chars(v, [](char c) {
+    return c >= '0' && c <= '9';
+  });
+  auto mb = digits ? std::stoi(std::string{v}) : 0;
+  bool ok = mb >= 256 && mb <= 131072 && mb % 256 == 0;
+  return ok ? "" : "a number of MB from 256 to 131072, a multiple of 256";
+}
+
 std::string check_abs_path(std::string_view v) {
   bool ok = !v.empty() && v[0] == '/' && v.find('\0') == npos;
   return ok ? "" : "an absolute path";
@@ -332,7 +348,10 @@ const std::vector<provider_rule>& provider_rules() {
       {"fly",
        {{"api_url", "https://api.machines.dev", {}, check_url},
         {"app_prefix", "aloft", {}, check_app_prefix},
+        {"cpus", "2", {"1", "2", "4", "8", "16"}, nullptr},
+        {"image", "docker.io/library/debian:bookworm-slim", {}, check_image},
         {"ip_mode", "ipv6", {"ipv6", "ipv6+ipv4"}, nullptr},
+        {"memory_mb", "2048", {}, check_memory_mb},
         {"org", "personal", {}, check_org}}},
       {"local", {{"sandboxes_dir", "", {}, check_abs_path}}},
       {"modal",

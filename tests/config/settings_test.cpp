@@ -403,6 +403,20 @@ TEST(settings_parse, unknown_guard_lists_the_known_ones) {
                           "max_concurrent_vms");
 }
 
+TEST(settings_account, fly_machine_size_and_image_are_checked) {
+  auto a = fly_account("f");
+  EXPECT_FALSE(set_account_field(a, "cpus", "4"));
+  EXPECT_FALSE(set_account_field(a, "memory_mb", "4096"));
+  EXPECT_FALSE(set_account_field(a, "image", "ghcr.io/acme/agent:1"));
+  EXPECT_EQ(a.options.at("memory_mb"), "4096");
+  EXPECT_THAT(message_of(set_account_field(a, "cpus", "3")), HasSubstr("expected one of"));
+  EXPECT_THAT(message_of(set_account_field(a, "memory_mb", "1000")),
+              HasSubstr("a multiple of 256"));
+  EXPECT_THAT(message_of(set_account_field(a, "image", "two words")),
+              HasSubstr("without spaces"));
+  EXPECT_EQ(a.options.at("cpus"), "4");
+}
+
 TEST(settings_parse, unknown_option_names_the_provider_and_its_options) {
   auto p = only_problem(parse_settings(
       with_accounts(
@@ -410,7 +424,7 @@ TEST(settings_parse, unknown_option_names_the_provider_and_its_options) {
       "s.json"));
   EXPECT_EQ(p.describe(), "s.json:3: accounts[0].options.region: unknown option "
                           "\"region\" for provider \"fly\"; known options: api_url, "
-                          "app_prefix, ip_mode, org");
+                          "app_prefix, cpus, image, ip_mode, memory_mb, org");
   p = only_problem(parse_settings(
       with_accounts({R"({"name": "dev", "provider": "modal", "options": {"org": "x"}})"}),
       "s.json"));
@@ -795,7 +809,10 @@ TEST(settings_parse, defaults_are_applied_on_load) {
   using opts = std::map<std::string, std::string>;
   EXPECT_EQ(l.value.accounts[0].options, (opts{{"api_url", "https://api.machines.dev"},
                                                {"app_prefix", "aloft"},
+                                               {"cpus", "2"},
+                                               {"image", "docker.io/library/debian:bookworm-slim"},
                                                {"ip_mode", "ipv6"},
+                                               {"memory_mb", "2048"},
                                                {"org", "personal"}}));
   EXPECT_EQ(l.value.accounts[1].options, (opts{{"api_url", "https://vercel.com/api"},
                                                {"runtime", "node24"},
@@ -926,7 +943,8 @@ TEST(settings_account, apply_option_validates_and_fills_in_defaults) {
   EXPECT_EQ(a.options.count("project"), 0u);
 
   EXPECT_EQ(known_options("fly"),
-            (std::vector<std::string>{"api_url", "app_prefix", "ip_mode", "org"}));
+            (std::vector<std::string>{"api_url", "app_prefix", "cpus", "image", "ip_mode",
+                                      "memory_mb", "org"}));
   EXPECT_TRUE(known_options("aws").empty());
 }
 
@@ -970,7 +988,7 @@ TEST(settings_account, set_account_field_takes_guards_as_strings) {
       message_of(set_account_field(a, "idle", "5")),
       "unknown setting \"idle\" for a fly account; known: auto_destroy_on_idle, "
       "enabled, hard_timeout_s, hard_warning_s, idle_timeout_s, max_concurrent_vms, "
-      "and the options api_url, app_prefix, ip_mode, org");
+      "and the options api_url, app_prefix, cpus, image, ip_mode, memory_mb, org");
   EXPECT_THAT(message_of(set_account_field(a, "api_token", "x")),
               HasSubstr("is named like a secret"));
   EXPECT_EQ(a, before);
