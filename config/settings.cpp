@@ -961,9 +961,14 @@ private:
 
 const std::vector<std::string> top_level_keys = {
     "accounts", "credential_store", "default_account", "profiles", "sync", "version"};
-const std::vector<std::string> sync_keys = {"max_download_bytes", "max_file_bytes",
-                                            "max_files", "max_tree_bytes",
-                                            "max_upload_bytes"};
+// The names of sync_rules, sorted as check_keys lists them.
+const std::vector<std::string> sync_keys = [] {
+  std::vector<std::string> names;
+  for (auto& r : sync_rules)
+    names.emplace_back(r.rule.key);
+  std::sort(names.begin(), names.end());
+  return names;
+}();
 const std::vector<std::string> account_keys = {"enabled", "guards",  "max_concurrent_vms",
                                                "name",    "options", "provider"};
 const std::vector<std::string> guard_keys = {"auto_destroy_on_idle", "hard_timeout_s",
@@ -1642,12 +1647,11 @@ caf::error validate_settings(const settings& s) {
   if (auto e = credential_store_problem(s.credential_store))
     return invalid("credential_store: " + *e);
   for (auto& r : sync_rules) {
-    auto x = s.sync.*r.field;
-    if (x < 1 || x > static_cast<uint64_t>(r.rule.max))
+    auto x = static_cast<int64_t>(std::min<uint64_t>(s.sync.*r.field, INT64_MAX));
+    if (!int_ok(r.rule, x))
       return invalid("sync." + std::string{r.rule.key} + ": expected "
-                     + int_expectation(r.rule, static_cast<int64_t>(std::min<uint64_t>(
-                                                   x, INT64_MAX)))
-                     + ", found " + std::to_string(x));
+                     + int_expectation(r.rule, x) + ", found "
+                     + std::to_string(s.sync.*r.field));
   }
   return {};
 }

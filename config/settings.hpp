@@ -21,6 +21,7 @@
 #include <caf/expected.hpp>
 
 #include "config/account.hpp"
+#include "config/sync_settings.hpp"
 #include "engine/base/json.hpp"
 
 namespace aloft {
@@ -39,22 +40,6 @@ struct agent_profile {
 
 bool operator==(const agent_profile& x, const agent_profile& y);
 inline bool operator!=(const agent_profile& x, const agent_profile& y) {
-  return !(x == y);
-}
-
-/// Bounds on what a sync moves: `sync` in settings.json. An error at a
-/// bound names its key (`sync.max_upload_bytes`), so a person knows what to
-/// raise.
-struct sync_settings {
-  uint64_t max_upload_bytes = 2ull << 30;   // a sync up's snapshot
-  uint64_t max_download_bytes = 2ull << 30; // a pack from a VM
-  uint64_t max_file_bytes = 1ull << 30;     // any one file from a VM
-  uint64_t max_files = 1'000'000;           // files in a VM's tree
-  uint64_t max_tree_bytes = 8ull << 30;     // all files of a VM's tree
-};
-
-bool operator==(const sync_settings& x, const sync_settings& y);
-inline bool operator!=(const sync_settings& x, const sync_settings& y) {
   return !(x == y);
 }
 

@@ -34,17 +34,11 @@
 #include <caf/error.hpp>
 #include <caf/expected.hpp>
 
+#include "config/sync_settings.hpp"
+
 namespace aloft::sync {
 
-struct limits {
-  uint64_t max_upload_bytes = 2ull << 30;     // refuse a larger sync up
-  uint64_t max_download_bytes = 2ull << 30;   // refuse a larger pack from a VM
-  uint64_t max_file_bytes = 1ull << 30;       // any one blob from a VM
-  uint64_t max_files = 1'000'000;             // entries in a VM's tree
-  uint64_t max_tree_bytes = 8ull << 30;       // all blobs of a VM's tree, as
-                                              // written out (a tree can name
-                                              // one big blob many times)
-};
+using limits = sync_settings;
 
 struct tree_stats {
   uint64_t files = 0;

@@ -730,13 +730,7 @@ private:
   // mutex, never held across I/O.
   sync::limits sync_limits() const {
     std::lock_guard<std::mutex> guard{sync_mtx_};
-    sync::limits lim;
-    lim.max_upload_bytes = sync_.max_upload_bytes;
-    lim.max_download_bytes = sync_.max_download_bytes;
-    lim.max_file_bytes = sync_.max_file_bytes;
-    lim.max_files = sync_.max_files;
-    lim.max_tree_bytes = sync_.max_tree_bytes;
-    return lim;
+    return sync_;
   }
 
   void reopen_credentials(const std::string& kind, std::vector<std::string>& problems) {
