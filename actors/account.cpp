@@ -4,6 +4,7 @@
 #include <random>
 #include <set>
 
+#include <caf/actor_clock.hpp>
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/response_promise.hpp>
@@ -12,7 +13,6 @@
 #include "actors/atoms.hpp"
 #include "actors/messages.hpp"
 #include "engine/base/error.hpp"
-#include "engine/clock.hpp"
 #include "engine/reconcile.hpp"
 #include "providers/provider.hpp"
 
@@ -167,16 +167,18 @@ private:
   }
 
   // The account's own rate limit (env_.rate_per_s, burst env_.rate_burst),
-  // on the engine's clock so tests drive it.
+  // on the actor's clock: monotonic (a wall clock set back would empty the
+  // bucket), the one its delayed wake-up uses, and the one the
+  // deterministic scheduler advances in tests.
   bool take_token() {
-    if (env_.rate_per_s <= 0 || env_.clock == nullptr)
+    if (env_.rate_per_s <= 0)
       return true;
-    auto now = env_.clock->now_ms();
-    if (last_refill_ms_ == 0)
-      tokens_ = env_.rate_burst, last_refill_ms_ = now;
-    tokens_ = std::min<double>(env_.rate_burst,
-                               tokens_ + (now - last_refill_ms_) * env_.rate_per_s / 1000.0);
-    last_refill_ms_ = now;
+    auto now = this->clock().now();
+    if (!refilled_)
+      tokens_ = env_.rate_burst, last_refill_ = now, refilled_ = true;
+    auto elapsed_s = std::chrono::duration<double>(now - last_refill_).count();
+    tokens_ = std::min<double>(env_.rate_burst, tokens_ + elapsed_s * env_.rate_per_s);
+    last_refill_ = now;
     if (tokens_ >= 1) {
       tokens_ -= 1;
       return true;
@@ -283,7 +285,8 @@ private:
   account_env env_;
   size_t in_flight_ = 0;
   double tokens_ = 0;
-  int64_t last_refill_ms_ = 0;
+  bool refilled_ = false;
+  caf::actor_clock::time_point last_refill_;
   bool drain_scheduled_ = false;
   std::set<std::string> live_vms_; // created or listed, not yet destroyed
   std::deque<pending_call> queue_;

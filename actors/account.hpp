@@ -32,7 +32,6 @@
 namespace aloft {
 
 class provider;
-class wall_clock;
 
 struct account_env {
   std::string installation_id;
@@ -43,7 +42,6 @@ struct account_env {
   /// <= 0: unlimited. Calls beyond it wait in order, never refused.
   double rate_per_s = 0;
   double rate_burst = 20;
-  const wall_clock* clock = nullptr; // for the rate limit
 };
 
 caf::actor spawn_account(caf::actor_system& sys, account acct,

@@ -275,7 +275,6 @@ private:
     aenv.installation_id = session_env_->installation_id;
     aenv.registry = caf::actor_cast<caf::actor>(this);
     aenv.retry.base_delay_ms = env_.provider_retry_base_ms;
-    aenv.clock = session_env_->clock;
     // A cloud API gets a steady pace per account; the local and fake
     // providers have no API to spare.
     if (acct.provider != "local" && acct.provider != "fake") {
