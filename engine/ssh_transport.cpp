@@ -162,25 +162,6 @@ bool base64_decode(const std::string& in, std::string& out) {
   return !out.empty();
 }
 
-std::string base64_encode(const unsigned char* data, size_t len) {
-  static const char digits[]
-    = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (size_t i = 0; i < len; ++i) {
-    acc = (acc << 8) | data[i];
-    bits += 8;
-    while (bits >= 6) {
-      bits -= 6;
-      out.push_back(digits[(acc >> bits) & 0x3f]);
-    }
-  }
-  if (bits > 0)
-    out.push_back(digits[(acc << (6 - bits)) & 0x3f]);
-  return out; // unpadded, as OpenSSH prints fingerprints
-}
-
 // Parses "ssh-ed25519 AAAA... [comment]" into its type and key blob.
 bool parse_public_key(const std::string& line, std::string& type, std::string& blob) {
   auto sp = line.find(' ');
@@ -745,7 +726,7 @@ void ssh_loop_core::check_host_key(conn& c) {
   }
   std::string offered = "unknown key";
   if (auto hash = libssh2_hostkey_hash(c.session, LIBSSH2_HOSTKEY_HASH_SHA256))
-    offered = "SHA256:" + base64_encode(reinterpret_cast<const unsigned char*>(hash), 32);
+    offered = "SHA256:" + base64_encode(std::string_view{hash, 32}, false);
   fail_conn(c, make_error(errc::permission_denied,
                           c.label + ": host key of " + c.ep.host + ":"
                             + std::to_string(c.ep.port) + " (" + offered

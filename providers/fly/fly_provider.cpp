@@ -14,6 +14,7 @@
 #include <random>
 #include <set>
 
+#include "engine/base/base64.hpp"
 #include "engine/base/error.hpp"
 #include "engine/base/json.hpp"
 #include "engine/executor.hpp"
@@ -47,33 +48,6 @@ json array_of(std::vector<json> items) {
   for (auto& x : items)
     a.push_back(std::move(x));
   return a;
-}
-
-std::string base64(std::string_view in) {
-  static const char* table = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((in.size() + 2) / 3 * 4);
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
-    out += table[v >> 18];
-    out += table[(v >> 12) & 63];
-    out += table[(v >> 6) & 63];
-    out += table[v & 63];
-  }
-  if (i + 1 == in.size()) {
-    uint32_t v = uint8_t(in[i]) << 16;
-    out += table[v >> 18];
-    out += table[(v >> 12) & 63];
-    out += "==";
-  } else if (i + 2 == in.size()) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8);
-    out += table[v >> 18];
-    out += table[(v >> 12) & 63];
-    out += table[(v >> 6) & 63];
-    out += '=';
-  }
-  return out;
 }
 
 // A Fly id or name as it may appear in a path: what comes back from the API
@@ -520,7 +494,7 @@ private:
                   .set(meta_key, req.idempotency_key)
                   .set(meta_port, std::to_string(port));
     auto file = [](const std::string& path, const std::string& content) {
-      return json::object().set("guest_path", path).set("raw_value", base64(content));
+      return json::object().set("guest_path", path).set("raw_value", base64_encode(content));
     };
     auto files = json::array();
     files.push_back(file("/root/.ssh/authorized_keys", req.client_public_key + "\n"));

@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "engine/base/base64.hpp"
 #include "engine/base/error.hpp"
 #include "engine/base/json.hpp"
 #include "engine/base/proc_table.hpp"

@@ -1,6 +1,7 @@
 // The Fly Machines API emulator, driven over HTTP with the project's client:
 // auth, apps, IPs, the machine lifecycle with real sandboxes behind it, the
 // emulated proxy, waits, and every kind of fault it injects.
+#include "engine/base/base64.hpp"
 #include "tests/emulators/fly/fly_emulator.hpp"
 
 #include <arpa/inet.h>

@@ -1,5 +1,6 @@
 // The Fly emulator's pure parts: the fault plan, the rate limiter and the
 // program's flags.
+#include "engine/base/base64.hpp"
 #include "tests/emulators/fly/fly_faults.hpp"
 
 #include <set>

@@ -177,36 +177,6 @@ bool base64_decode(const std::string& in, std::string& out) {
   return padding <= 2 && bits < 6 && (acc & ((1u << bits) - 1)) == 0;
 }
 
-std::string base64_encode(const std::string& in) {
-  static const char* table =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = (static_cast<unsigned char>(in[i]) << 16)
-                 | (static_cast<unsigned char>(in[i + 1]) << 8)
-                 | static_cast<unsigned char>(in[i + 2]);
-    out += table[(v >> 18) & 63];
-    out += table[(v >> 12) & 63];
-    out += table[(v >> 6) & 63];
-    out += table[v & 63];
-  }
-  if (i + 1 == in.size()) {
-    uint32_t v = static_cast<unsigned char>(in[i]) << 16;
-    out += table[(v >> 18) & 63];
-    out += table[(v >> 12) & 63];
-    out += "==";
-  } else if (i + 2 == in.size()) {
-    uint32_t v = (static_cast<unsigned char>(in[i]) << 16)
-                 | (static_cast<unsigned char>(in[i + 1]) << 8);
-    out += table[(v >> 18) & 63];
-    out += table[(v >> 12) & 63];
-    out += table[(v >> 6) & 63];
-    out += '=';
-  }
-  return out;
-}
-
 caf::expected<sandbox_spec> sandbox_spec_from_config(const std::string& machine_id,
                                                      const json& config) {
   auto bad = [](const std::string& what) {

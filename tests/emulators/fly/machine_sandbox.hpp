@@ -80,7 +80,6 @@ struct sandbox_run {
 /// `base64` decoded (standard alphabet, padding optional, whitespace
 /// ignored); false when it is not base64.
 bool base64_decode(const std::string& in, std::string& out);
-std::string base64_encode(const std::string& in);
 
 class machine_sandboxes {
 public:
