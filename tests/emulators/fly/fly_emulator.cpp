@@ -1303,10 +1303,6 @@ std::string fly_emulator::base_url() const {
   return "http://127.0.0.1:" + std::to_string(port());
 }
 
-const fly_emulator_options& fly_emulator::options() const {
-  return impl_->opts;
-}
-
 void fly_emulator::inject(fly_fault f) {
   std::lock_guard<std::mutex> guard{impl_->mtx};
   impl_->plan.add(std::move(f));

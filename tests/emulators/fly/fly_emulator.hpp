@@ -186,9 +186,6 @@ public:
   uint16_t port() const;
   /// "http://127.0.0.1:<port>" (the API is below it, at /v1).
   std::string base_url() const;
-  /// The options as given, with what the setters below changed (read it
-  /// when no setter runs concurrently).
-  const fly_emulator_options& options() const;
 
   // -- faults ------------------------------------------------------------
 

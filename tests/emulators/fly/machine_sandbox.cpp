@@ -11,6 +11,7 @@
 
 #include "engine/base/base64.hpp"
 #include "engine/base/error.hpp"
+#include "engine/base/ids.hpp"
 #include "engine/process.hpp"
 #include "engine/base/files.hpp"
 #include "engine/executor.hpp"
@@ -28,16 +29,6 @@ constexpr const char* host_key_path = "/etc/ssh/ssh_host_ed25519_key";
 constexpr const char* host_pub_path = "/etc/ssh/ssh_host_ed25519_key.pub";
 constexpr const char* default_path =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-bool valid_session_id(const std::string& id) {
-  if (id.empty() || id.size() > 64)
-    return false;
-  for (char c : id)
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
-          || c == '-' || c == '_'))
-      return false;
-  return true;
-}
 
 bool safe_guest_path(const std::string& p) {
   if (p.size() < 2 || p[0] != '/' || p.find('\0') != std::string::npos)
@@ -277,7 +268,7 @@ caf::expected<sandbox_run> machine_sandboxes::launch(const sandbox_spec& spec) {
   };
   vm_request req;
   req.installation_id = spec.installation_id;
-  req.session_id = valid_session_id(spec.session_id) ? spec.session_id : spec.machine_id;
+  req.session_id = is_valid_session_id(spec.session_id) ? spec.session_id : spec.machine_id;
   req.idempotency_key = spec.machine_id;
   for (auto& f : spec.files) {
     if (f.guest_path == authorized_keys_path)

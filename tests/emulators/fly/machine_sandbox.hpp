@@ -105,8 +105,6 @@ public:
   caf::error teardown(const sandbox_run& run, int signal, std::chrono::milliseconds grace,
                       const std::function<bool()>& init_reaped);
 
-  const std::string& sandboxes_dir() const { return dir_; }
-
 private:
   caf::error ensure_default_keys();
 

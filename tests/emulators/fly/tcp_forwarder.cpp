@@ -165,7 +165,6 @@ void tcp_forwarder::accept_loop() {
       int fd = ::accept4(fds[i].fd, nullptr, nullptr, SOCK_CLOEXEC);
       if (fd < 0)
         continue;
-      ++accepted_;
       reap_finished();
       auto r = std::make_unique<relay>();
       r->client_fd = fd;

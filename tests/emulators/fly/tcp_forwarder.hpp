@@ -43,10 +43,6 @@ public:
   tcp_forwarder& operator=(const tcp_forwarder&) = delete;
 
   uint16_t port() const { return port_; }
-  /// Whether it also listens on [::1].
-  bool listens_ipv6() const { return v6_fd_ >= 0; }
-  /// Connections accepted so far (relayed or closed).
-  uint64_t accepted() const { return accepted_; }
 
   /// Stops listening, cuts relayed connections, joins threads; idempotent.
   void close();
@@ -72,7 +68,6 @@ private:
   int v6_fd_ = -1;
   int wake_pipe_[2] = {-1, -1};
   std::atomic<bool> closing_{false};
-  std::atomic<uint64_t> accepted_{0};
   std::thread accept_thread_;
   std::mutex mtx_;
   std::vector<std::unique_ptr<relay>> relays_;
