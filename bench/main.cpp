@@ -22,28 +22,17 @@
 // figures and their printing in report.hpp.
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
 #include <functional>
-#include <map>
-#include <mutex>
-#include <random>
-#include <sys/stat.h>
 #include <string>
 #include <thread>
-#include <unistd.h>
 #include <vector>
 
 #include "bench/harness.hpp"
 #include "bench/report.hpp"
 #include "bench/scenarios.hpp"
-#include "providers/fake/fake_provider.hpp"
-#include "engine/app/engine_impl.hpp"
 #include "engine/base/error.hpp"
-#include "engine/base/json.hpp"
 #include "persistence/store.hpp"
 
 namespace aloft::bench {
