@@ -282,26 +282,23 @@ private:
     req.timeout = timeout;
     opts_.http->send(std::move(req), std::move(opts),
                      [done = std::move(done)](http_outcome out) {
-                       if (!out.response) {
-                         done(out.response.error()); // names the request id
-                         return;
-                       }
-                       // Statuses become errors later, with their request id.
-                       auto resp = std::move(*out.response);
-                       if (!out.request_id.empty() && (resp.status < 200 || resp.status > 299))
-                         resp.headers.emplace_back("x-aloft-request-id", out.request_id);
-                       done(std::move(resp));
+                       // A transport error names the request id already; a
+                       // status becomes an error later (status_error).
+                       done(std::move(out.response));
                      });
   }
 
-  // The JSON of a 2xx answer, or the error its status means.
-  // A status error that names the response's request id, for support.
+  // A status error that names the response's request id, for support, as
+  // the HTTP loop's own errors do.
   static caf::error status_error(const http_response& r, const std::string& what) {
     auto err = error_from_status(r, what);
-    if (auto id = r.header("x-aloft-request-id"))
-      err = annotate(err, "fly-request-id " + *id);
+    if (auto id = r.header("fly-request-id"))
+      err = make_error(code_of(err), message_of(err) + "; request id "
+                                       + sanitize_provider_text(*id, 64));
     return err;
   }
+
+  // The JSON of a 2xx answer, or the error its status means.
 
   static caf::expected<json> body_of(const caf::expected<http_response>& r,
                                      const std::string& what) {

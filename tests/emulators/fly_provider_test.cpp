@@ -220,6 +220,9 @@ TEST_F(fly_provider_test, insufficient_capacity_is_retried_then_reported_as_such
   EXPECT_EQ(code_of(refused.error()), errc::resource_exhausted);
   EXPECT_NE(message_of(refused.error()).find("no capacity"), std::string::npos)
     << message_of(refused.error());
+  // Named with Fly's request id, for support.
+  EXPECT_NE(message_of(refused.error()).find("; request id "), std::string::npos)
+    << message_of(refused.error());
   EXPECT_EQ(emu_->live_machines(), 1u);
 }
 
