@@ -1505,31 +1505,18 @@ settings_load parse_settings(std::string_view text, const std::string& file) {
 
 settings_load load_settings(const std::string& path) {
   settings_load out;
-  auto unreadable = [&](int err) {
-    out.problems.push_back(settings_problem{
-        path, {}, 0, std::string{"cannot read the file: "} + std::strerror(err)});
-    return out;
-  };
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return errno == ENOENT ? out : unreadable(errno);
-  std::string text;
-  char buf[16384];
-  for (;;) {
-    auto n = ::read(fd, buf, sizeof(buf));
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0) {
-      int err = errno;
-      ::close(fd);
-      return unreadable(err);
-    }
-    if (n == 0)
-      break;
-    text.append(buf, static_cast<size_t>(n));
+  if (fd < 0 && errno == ENOENT)
+    return out;
+  auto text = fd < 0 ? caf::expected<std::string>{from_errno(errno, "cannot read the file")}
+                     : files::read_all(fd, "the file");
+  if (fd >= 0)
+    ::close(fd);
+  if (!text) {
+    out.problems.push_back(settings_problem{path, {}, 0, message_of(text.error())});
+    return out;
   }
-  ::close(fd);
-  return parse_settings(text, path);
+  return parse_settings(*text, path);
 }
 
 caf::error validate_account(const account& a) {
