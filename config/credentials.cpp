@@ -897,7 +897,15 @@ std::string default_credential_store_kind() {
 
 caf::expected<std::unique_ptr<credential_store>>
 open_credential_store(const std::string& kind, const std::string& state_dir) {
+#ifndef __APPLE__
+  // The default on Linux is the Secret Service when it answers, else the
+  // file: one probe decides both (each may wait on D-Bus).
+  if (kind.empty() && secret_service_problem().empty())
+    return std::unique_ptr<credential_store>{new secret_service_store(libsecret::load().fns)};
+  auto k = kind.empty() ? std::string{"file"} : kind;
+#else
   auto k = kind.empty() ? default_credential_store_kind() : kind;
+#endif
   if (k == "file") {
     if (state_dir.empty())
       return make_error(errc::invalid_argument,
