@@ -311,8 +311,9 @@ private:
     out.base = job.base;
     out.bytes = pack_bytes;
     out.ref = job.safety ? sync::safety_ref(job.session) : sync::down_ref(job.session);
-    // An apply sets the down ref itself, with the local state it saves.
-    if (job.safety || job.mode != sync::apply_mode::apply)
+    // An apply and a branch set the down ref themselves, each with what it
+    // writes (the local state saved, the branch made).
+    if (job.safety || job.mode == sync::apply_mode::dry_run)
       if (auto err = sync::update_ref(repo, out.ref, commit))
         return err;
     if (job.safety)
