@@ -242,43 +242,37 @@ private:
   void create_vm() {
     create_in_flight_ = true;
     request(account_, caf::infinite, create_atom::value, make_vm_request())
-      .then(
-        [=](const vm_info& vm) {
-          create_in_flight_ = false;
-          if (finishing_) {
-            adopt_fields(vm);
-            destroy_vm();
-            return;
-          }
-          adopt(vm);
-        },
-        [=](caf::error& err) {
-          // The outcome of a timed-out create is unknown: look before
-          // deciding, so the session never gets two VMs. The create is in
-          // flight until the look decides: a destroy asked meanwhile waits
-          // for it, and destroys what it finds.
-          if (code_of(err) == errc::deadline_exceeded || code_of(err) == errc::unavailable) {
-            find_by_key([=](const vm_info* vm) {
-              create_in_flight_ = false;
-              if (finishing_) {
-                if (vm)
-                  adopt_fields(*vm);
-                destroy_vm();
-              } else if (vm) {
-                adopt(*vm);
-              } else {
-                fail("create VM: " + describe(err));
-              }
+      .then([=](const vm_info& vm) { create_settled(&vm, {}); },
+            [=](caf::error& err) {
+              // The outcome of a timed-out create is unknown: look before
+              // deciding, so the session never gets two VMs. The create is
+              // in flight until the look decides: a destroy asked meanwhile
+              // waits for it, and destroys what it finds.
+              if (code_of(err) == errc::deadline_exceeded
+                  || code_of(err) == errc::unavailable)
+                find_by_key([=](const vm_info* vm) { create_settled(vm, err); });
+              else
+                create_settled(nullptr, err);
             });
-            return;
-          }
-          create_in_flight_ = false;
-          if (finishing_) {
-            destroy_vm();
-            return;
-          }
-          fail("create VM: " + describe(err));
-        });
+  }
+
+  // The create ended with `vm` (null: none was made; `err` says why). A
+  // destroy asked meanwhile destroys it (when nothing was found, there is
+  // nothing to destroy: the session just ends).
+  void create_settled(const vm_info* vm, const caf::error& err) {
+    create_in_flight_ = false;
+    if (finishing_) {
+      if (!vm) {
+        finished();
+        return;
+      }
+      adopt_fields(*vm);
+      destroy_vm();
+    } else if (vm) {
+      adopt(*vm);
+    } else {
+      fail("create VM: " + describe(err));
+    }
   }
 
   // Looks for a VM carrying this session's idempotency key.
