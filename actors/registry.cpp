@@ -17,6 +17,7 @@
 #include "engine/base/redact.hpp"
 #include "engine/clock.hpp"
 #include "persistence/store.hpp"
+#include "providers/provider.hpp"
 
 namespace aloft {
 
@@ -275,9 +276,8 @@ private:
     aenv.installation_id = session_env_->installation_id;
     aenv.registry = caf::actor_cast<caf::actor>(this);
     aenv.retry.base_delay_ms = env_.provider_retry_base_ms;
-    // A cloud API gets a steady pace per account; the local and fake
-    // providers have no API to spare.
-    if (acct.provider != "local" && acct.provider != "fake") {
+    // A remote API gets a steady pace per account.
+    if (client->remote_api()) {
       aenv.rate_per_s = env_.cloud_calls_per_s;
       aenv.rate_burst = env_.cloud_calls_burst;
     }

@@ -38,6 +38,10 @@ public:
   /// The provider's kind ("local", "fly", ...).
   virtual std::string kind() const = 0;
 
+  /// Whether calls reach a remote API with a budget to spare, so that each
+  /// account paces its calls to it; a provider on this machine has none.
+  virtual bool remote_api() const { return true; }
+
   /// Creates a VM for `req`. The result may still be `starting`.
   virtual void create(const vm_request& req, callback<vm_info> done) = 0;
 

@@ -73,7 +73,7 @@ fake_provider::fake_provider(double failure_rate)
   : fake_provider(fake_provider_options{failure_rate, {}}) {}
 
 fake_provider::fake_provider(fake_provider_options opts)
-  : failure_rate_(opts.failure_rate), latency_(opts.latency) {
+  : failure_rate_(opts.failure_rate), latency_(opts.latency), remote_api_(opts.remote_api) {
   if (latency_.count() > 0)
     timer_ = std::make_unique<timer_thread>();
 }

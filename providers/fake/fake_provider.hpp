@@ -33,6 +33,8 @@ struct fake_provider_options {
   double failure_rate = 0.0;
   /// How long each call takes to answer; zero: inline on the caller's thread.
   std::chrono::microseconds latency{0};
+  /// Whether it stands for a remote API (whose accounts pace their calls).
+  bool remote_api = false;
 };
 
 class fake_provider final : public provider {
@@ -42,6 +44,7 @@ public:
   ~fake_provider() override;
 
   std::string kind() const override { return "fake"; }
+  bool remote_api() const override { return remote_api_; }
   void create(const vm_request& req, callback<vm_info> done) override;
   void wait_ready(const std::string& vm_id, callback<vm_info> done) override;
   void get(const std::string& vm_id, callback<vm_info> done) override;
@@ -83,6 +86,7 @@ private:
 
   double failure_rate_;
   std::chrono::microseconds latency_;
+  bool remote_api_;
   std::unique_ptr<timer_thread> timer_; // only with a latency
   std::mt19937 rng_{42};
   std::atomic<uint64_t> calls_{0};

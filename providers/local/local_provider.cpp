@@ -743,6 +743,7 @@ public:
   }
 
   std::string kind() const override { return "local"; }
+  bool remote_api() const override { return false; }
 
   void create(const vm_request& req, callback<vm_info> done) override {
     exec_->post([host = host_, req, done] { done(host->do_create(req)); });

@@ -4,7 +4,6 @@
 // time.
 #include <gtest/gtest.h>
 
-#include "actors/account.hpp"
 #include "actors/atoms.hpp"
 #include "actors/messages.hpp"
 #include "engine/base/error.hpp"
@@ -126,10 +125,12 @@ TEST_F(account_test, an_account_without_a_client_is_known_but_cannot_launch) {
 }
 
 TEST_F(account_test, a_cloud_account_paces_its_calls_and_the_local_one_does_not) {
-  auto cloud = std::make_shared<fake_provider>();
+  fake_provider_options remote;
+  remote.remote_api = true; // stands for a cloud API: paced
+  auto cloud = std::make_shared<fake_provider>(remote);
   account c;
   c.name = "cloud";
-  c.provider = "fly"; // a cloud API: paced (the client here is a fake)
+  c.provider = "fly";
   c.max_concurrent_vms = 1000;
   ASSERT_TRUE(ask<done_atom>(account_atom::value, c, provider_ptr{cloud}));
   auto local = default_local_account();
@@ -151,38 +152,6 @@ TEST_F(account_test, a_cloud_account_paces_its_calls_and_the_local_one_does_not)
   advance(20'000);
   EXPECT_EQ(cloud->creates(), 100u) << "paced, never refused";
   EXPECT_EQ(cloud->vm_count(), 100u);
-}
-
-// A cloud account paces its provider calls: a burst, then the rate, on the
-// actor's clock; calls wait their turn, none is refused.
-TEST_F(account_test, provider_calls_keep_to_the_accounts_rate) {
-  account_env env;
-  env.installation_id = "i-test";
-  env.registry = registry_;
-  env.rate_per_s = 2;
-  env.rate_burst = 1;
-  auto acct = spawn_account(*sys_, default_local_account(), provider_, env);
-  auto calls_before = provider_->calls();
-  std::vector<caf::response_handle<caf::blocking_actor, caf::message, true>> replies;
-  for (int i = 0; i < 3; ++i)
-    replies.push_back((*self_)->request(acct, caf::infinite, get_atom::value,
-                                        "vm-" + std::to_string(i)));
-  run();
-  EXPECT_EQ(provider_->calls() - calls_before, 1u) << "the burst";
-  advance(499);
-  EXPECT_EQ(provider_->calls() - calls_before, 1u);
-  advance(2);
-  ASSERT_EQ(provider_->calls() - calls_before, 2u) << "one more after half a second";
-  advance(501);
-  ASSERT_EQ(provider_->calls() - calls_before, 3u);
-  for (auto& r : replies) {
-    bool answered = false;
-    r.receive([&](const vm_info&) { answered = true; },
-              [&](caf::error& err) { ADD_FAILURE() << describe(err); });
-    EXPECT_TRUE(answered);
-  }
-  caf::anon_send_exit(acct, caf::exit_reason::user_shutdown);
-  run();
 }
 
 } // namespace
