@@ -26,6 +26,7 @@
 #include "engine/app/protocol.hpp"
 #include "engine/app/secret_input.hpp"
 #include "providers/validate.hpp"
+#include "engine/base/files.hpp"
 #include "engine/base/ids.hpp"
 #include "engine/home.hpp"
 #include "engine/session_record.hpp"
@@ -1790,32 +1791,7 @@ caf::expected<attach_plan> plan_attach(const json& info) {
 }
 
 caf::error write_known_hosts(const attach_plan& plan) {
-  auto tmp = plan.known_hosts_path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
-                  0600);
-  if (fd < 0)
-    return from_errno(errno, "cannot write " + tmp);
-  auto& line = plan.known_hosts_line;
-  size_t done = 0;
-  while (done < line.size()) {
-    auto n = ::write(fd, line.data() + done, line.size() - done);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0) {
-      auto err = from_errno(errno, "cannot write " + tmp);
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return err;
-    }
-    done += static_cast<size_t>(n);
-  }
-  ::close(fd);
-  if (::rename(tmp.c_str(), plan.known_hosts_path.c_str()) != 0) {
-    auto err = from_errno(errno, "cannot replace " + plan.known_hosts_path);
-    ::unlink(tmp.c_str());
-    return err;
-  }
-  return {};
+  return files::write_file_atomically(plan.known_hosts_path, plan.known_hosts_line, 0600);
 }
 
 // -- running -------------------------------------------------------------------
