@@ -213,6 +213,16 @@ public:
 
   void list(const std::string& installation_id,
             callback<std::vector<vm_info>> done) override {
+    bool app_known = false;
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      app_known = app_ready_;
+    }
+    // Every reconcile lists: once the app is known, that is one call.
+    if (app_known) {
+      list_machines(meta_installation, installation_id, std::move(done));
+      return;
+    }
     auto self = shared_from_this();
     // An app that does not exist has no machines: listing never creates it.
     call("GET", "/v1/apps/" + app_, {}, options("get app " + app_),
