@@ -106,6 +106,31 @@ caf::expected<std::unique_ptr<engine>> open_fake_engine(const std::string& home,
   return open_engine_with(opts, ov);
 }
 
+caf::expected<std::unique_ptr<engine>> open_local_engine(const std::string& home,
+                                                        size_t sessions) {
+  engine_options opts;
+  opts.home = home;
+  auto e = open_engine(opts);
+  if (!e)
+    return e;
+  if (auto cap = (*e)->set_account("local", "max_concurrent_vms",
+                                   std::to_string(sessions + 1), false);
+      !cap)
+    return annotate(cap.error(), "raise the local account's cap");
+  return e;
+}
+
+bool destroy_all(engine& e, double limit_s) {
+  for (auto& r : e.list())
+    ignore_error(e.destroy(r.id));
+  return wait_for([&] {
+    for (auto& r : e.list())
+      if (!is_terminal(r.state))
+        return false;
+    return true;
+  }, limit_s);
+}
+
 fleet launch_fleet(engine& e, size_t n, size_t clients, const std::string& worktree,
                    const std::string& agent_cmd, double limit_s) {
   fleet out;

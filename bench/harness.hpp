@@ -53,6 +53,16 @@ std::string describe_states(engine& e, session_state expected);
 caf::expected<std::unique_ptr<engine>> open_fake_engine(const std::string& home,
                                                        std::shared_ptr<fake_provider> client);
 
+/// An engine in `home` with the built-in `local` account (a real sshd per
+/// session), its cap raised to `sessions` so none is refused.
+caf::expected<std::unique_ptr<engine>> open_local_engine(const std::string& home,
+                                                        size_t sessions);
+
+/// Destroys every session of `e` and waits up to `limit_s` for all of them
+/// to end (an sshd outlives its engine: a bench must leave none); whether
+/// they did.
+bool destroy_all(engine& e, double limit_s);
+
 /// Sessions launched by `launch_fleet`.
 struct fleet {
   std::vector<std::string> ids;

@@ -93,20 +93,13 @@ int local_child(const std::vector<std::string>& args) {
     std::_Exit(status);
   };
   say("threads0", static_cast<double>(proc_status("Threads:")));
-  engine_options opts;
-  opts.home = home;
-  auto e = open_engine(opts);
+  // Every session stays live until the end.
+  auto e = open_local_engine(home, n);
   if (!e) {
     check(false, "local: open engine: " + describe(e.error()));
     finish(1);
   }
   auto& eng = **e;
-  // Every session stays live until the end: raise the account's cap.
-  if (auto cap = eng.set_account("local", "max_concurrent_vms", std::to_string(n + 1), false);
-      !cap) {
-    check(false, "local: raise the local account's cap: " + describe(cap.error()));
-    finish(1);
-  }
   // The engine's own start-up work settles before the zero point: the figure
   // is what each session adds, not the engine's fixed cost spread over them.
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -140,10 +133,7 @@ int local_child(const std::vector<std::string>& args) {
 
   // Every sandbox goes with its session, or its sshd would outlive the bench;
   // also after a failed check.
-  for (auto& r : eng.list())
-    ignore_error(eng.destroy(r.id));
-  auto destroyed = wait_for(
-    [&] { return count_state(eng, session_state::destroyed) == launched; }, 300);
+  auto destroyed = destroy_all(eng, 300);
   check(destroyed, "local: not every session was destroyed: "
                      + describe_states(eng, session_state::destroyed));
   std::printf("done\n");

@@ -170,10 +170,8 @@ void restart_local(report& out, size_t n, double tick_s) {
   out.add({scenario, "SSH: local sessions reconnected per second",
            static_cast<double>(n) / reconnect_s, "1/s"});
   // Every sandbox goes with its session, or its sshd would outlive the bench.
-  for (auto& r : eng.list())
-    ignore_error(eng.destroy(r.id));
-  out.check(wait_for([&] { return count_state(eng, session_state::destroyed) == n; }, 300),
-            "restart: not every local session was destroyed");
+  out.check(destroy_all(eng, 300), "restart: not every local session was destroyed: "
+                                      + describe_states(eng, session_state::destroyed));
   e->reset();
   out.check(destroy_leftover_sandboxes(out, home) == 0,
             "restart: destroyed sessions left sandboxes behind");
@@ -208,17 +206,11 @@ int restart_child(const std::vector<std::string>& args) {
     provider = std::make_shared<fake_provider>();
     e = open_fake_engine(home, provider);
   } else {
-    engine_options opts;
-    opts.home = home;
-    e = open_engine(opts);
+    e = open_local_engine(home, n);
   }
   if (!e)
     fail("open engine: " + describe(e.error()));
   auto& eng = **e;
-  if (kind != "fake")
-    if (auto cap = eng.set_account("local", "max_concurrent_vms", std::to_string(n + 1), false);
-        !cap)
-      fail("raise the local account's cap: " + describe(cap.error()));
   auto f = launch_fleet(eng, n, 4, worktree, kind == "fake" ? "true" : agent_ticking(args[4]), 300);
   if (!f.all_running || f.failed > 0)
     fail("not every session reached running");

@@ -121,21 +121,14 @@ void sync_scenario(report& out, const sync_options& o) {
   auto wt = home + "/worktree";
   ::mkdir(wt.c_str(), 0755);
   generate_tree(wt, o.files, o.bytes);
-  engine_options opts;
-  opts.home = home + "/aloft";
-  auto e = open_engine(opts);
+  auto aloft_home = home + "/aloft";
+  auto e = open_local_engine(aloft_home, static_cast<size_t>(o.runs));
   if (!e) {
     out.check(false, "open engine: " + describe(e.error()));
     remove_tree(home);
     return;
   }
   auto& eng = **e;
-  if (auto cap = eng.set_account("local", "max_concurrent_vms", std::to_string(o.runs + 1), false);
-      !cap) {
-    out.check(false, "raise the local account's cap: " + describe(cap.error()));
-    remove_tree(home);
-    return;
-  }
   // ALOFT_BENCH_TRACE=1 prints every sync event with its time, to see
   // where a sync spends it.
   bool trace = std::getenv("ALOFT_BENCH_TRACE") != nullptr;
@@ -172,7 +165,7 @@ void sync_scenario(report& out, const sync_options& o) {
     out.check(sync_s >= 0, "sync: the initial sync's events are missing");
 
     // Baselines: the same files over the same sshd, as the same user.
-    auto key = opts.home + "/keys/" + live.id + "/client";
+    auto key = aloft_home + "/keys/" + live.id + "/client";
     auto ssh_opts = "-i " + key + " -p " + std::to_string(live.port)
                     + " -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
                       " -o LogLevel=ERROR";
@@ -227,16 +220,8 @@ void sync_scenario(report& out, const sync_options& o) {
   // would slow whatever writes files next (here, deleting many files makes
   // creating files slower for seconds afterwards), and that would be the
   // next initial sync, never the baseline.
-  for (auto& r : eng.list())
-    ignore_error(eng.destroy(r.id));
   // Every VM gone before the engine closes, or the bench would leave them.
-  bool gone = wait_for([&] {
-    for (auto& r : eng.list())
-      if (!is_terminal(r.state))
-        return false;
-    return true;
-  }, 60);
-  out.check(gone, "sync: not every session was destroyed: "
+  out.check(destroy_all(eng, 60), "sync: not every session was destroyed: "
                     + describe_states(eng, session_state::destroyed));
   eng.unsubscribe(sub);
   e->reset();
