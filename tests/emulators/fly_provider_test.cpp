@@ -20,27 +20,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-template <class T>
-caf::expected<T> wait_for(std::function<void(provider::callback<T>)> start,
-                          std::chrono::seconds bound = 60s) {
-  auto p = std::make_shared<std::promise<caf::expected<T>>>();
-  auto f = p->get_future();
-  start([p](caf::expected<T> r) { p->set_value(std::move(r)); });
-  if (f.wait_for(bound) != std::future_status::ready)
-    return make_error(errc::deadline_exceeded, "the provider did not answer");
-  return f.get();
-}
-
-caf::error wait_done(std::function<void(provider::done_callback)> start,
-                     std::chrono::seconds bound = 60s) {
-  auto p = std::make_shared<std::promise<caf::error>>();
-  auto f = p->get_future();
-  start([p](caf::error e) { p->set_value(std::move(e)); });
-  if (f.wait_for(bound) != std::future_status::ready)
-    return make_error(errc::deadline_exceeded, "the provider did not answer");
-  return f.get();
-}
-
 class fly_provider_test : public ::testing::Test {
 protected:
   void SetUp() override {
@@ -98,20 +77,20 @@ protected:
   }
 
   caf::expected<vm_info> create(provider& p, const vm_request& r) {
-    return wait_for<vm_info>([&](auto cb) { p.create(r, cb); });
+    return test::await<vm_info>([&](auto cb) { p.create(r, cb); }, 60s);
   }
   caf::expected<vm_info> ready(provider& p, const std::string& id) {
-    return wait_for<vm_info>([&](auto cb) { p.wait_ready(id, cb); });
+    return test::await<vm_info>([&](auto cb) { p.wait_ready(id, cb); }, 60s);
   }
   caf::expected<vm_info> get(provider& p, const std::string& id) {
-    return wait_for<vm_info>([&](auto cb) { p.get(id, cb); });
+    return test::await<vm_info>([&](auto cb) { p.get(id, cb); }, 60s);
   }
   caf::expected<std::vector<vm_info>> list(provider& p) {
-    return wait_for<std::vector<vm_info>>(
-      [&](auto cb) { p.list("i-0123456789ab", cb); });
+    return test::await<std::vector<vm_info>>(
+      [&](auto cb) { p.list("i-0123456789ab", cb); }, 60s);
   }
   caf::error destroy(provider& p, const std::string& id) {
-    return wait_done([&](auto cb) { p.destroy(id, cb); });
+    return test::await_done([&](auto cb) { p.destroy(id, cb); }, 60s);
   }
 
   // Runs `echo` over SSH on the machine.
